@@ -181,10 +181,12 @@ class DAVE:
     def _noise(
         self, image_idx: torch.Tensor, sample_idx: torch.Tensor, shape: torch.Size
     ) -> torch.Tensor:
-        """Standard normal noise per item, drawn from a generator seeded by (seed, image, sample)."""
+        """Standard normal noise per item from a generator seeded by (seed, image, sample)."""
         device = image_idx.device
         noise = torch.empty(len(image_idx), *shape, device=device)
-        for row, (image, sample) in enumerate(zip(image_idx.tolist(), sample_idx.tolist())):
+        for row, (image, sample) in enumerate(
+            zip(image_idx.tolist(), sample_idx.tolist(), strict=True)
+        ):
             generator = torch.Generator(device).manual_seed(_item_seed(self.seed, image, sample))
             noise[row].normal_(generator=generator)
         return noise

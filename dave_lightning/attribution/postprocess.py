@@ -1,4 +1,4 @@
-"""Post-processing of DAVE maps (DESIGN §2.2 step 6): positive part, smoothing, max-normalisation."""
+"""Post-processing of DAVE maps (DESIGN §2.2 step 6): positive part, smoothing, normalisation."""
 
 from __future__ import annotations
 
