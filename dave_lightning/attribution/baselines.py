@@ -42,8 +42,8 @@ class _InputTimesGradient:
                 self.batch_size or auto_batch_size(source),
                 effective=self.effective,
             )
-        finish = postprocess_maps if self.postprocess else channel_sum
-        return finish(contributions).to(images.device)
+            finish = postprocess_maps if self.postprocess else channel_sum
+            return finish(contributions).to(images.device)
 
     __call__ = attribute
 

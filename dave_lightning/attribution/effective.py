@@ -24,8 +24,8 @@ class _GatedActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         y = act(x)
-        zero = x == 0
-        ctx.save_for_backward(torch.where(zero, 1.0, y / torch.where(zero, 1.0, x)))
+        # act(x)/x is 0/0 = NaN exactly where x = 0: one in-place pass sets the gate to 1 there.
+        ctx.save_for_backward(torch.nan_to_num_(y / x, nan=1.0))
         return y
 
     @staticmethod

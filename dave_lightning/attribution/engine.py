@@ -139,10 +139,9 @@ class DAVE:
                     if self.noise_alpha == 0
                     else self._sampled(images, target, params, batch_size, False)
                 )
-        finish = postprocess_maps if self.postprocess else channel_sum
-        if not return_components:
-            return finish(contributions["dave"]).to(out_device)
-        return {name: finish(contributions[name]).to(out_device) for name in COMPONENTS}
+            finish = postprocess_maps if self.postprocess else channel_sum
+            maps = {name: finish(values).to(out_device) for name, values in contributions.items()}
+        return {name: maps[name] for name in COMPONENTS} if return_components else maps["dave"]
 
     __call__ = attribute
 

@@ -1,0 +1,224 @@
+"""DAVE engine speed and memory, measured side by side in one run.
+
+Times DAVE (N samples, 2 images, random-init timm vit_small_patch16_224 at 224 px) against
+(a) the floor — one plain forward and input-gradient backward over the same 2·N images,
+(b) a naive loop doing one sample at a time like the reference implementation, and
+(c) Captum's NoiseTunnel(InputXGradient) with the same N when Captum is installed.
+Then peak memory for n_samples 16 vs 128 at a fixed batch size, each in a fresh process.
+
+    python benchmarks/bench_engine.py [--device cuda] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+
+from dave_lightning import DAVE
+from dave_lightning.attribution.effective import effective_mode
+from dave_lightning.attribution.model_info import attribution_context
+from dave_lightning.attribution.transforms import sample_affine, warp
+
+MODEL = "vit_small_patch16_224"
+
+
+def build(device: str, n_images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False).to(device).eval()
+    images = torch.randn(n_images, 3, 224, 224, device=device)
+    return model, images, torch.arange(n_images, device=device)
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Median wall time of ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def floor(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, n: int) -> None:
+    """One plain forward + input backward over the 2·N images, frozen parameters."""
+    with attribution_context(model):
+        x = images.repeat_interleave(n, 0).requires_grad_()
+        logits = model(x)
+        selected = logits.gather(1, target.repeat_interleave(n).view(-1, 1))
+        torch.autograd.grad(selected.sum(), x)
+
+
+def naive_loop(
+    model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, n: int, alpha: float
+) -> torch.Tensor:
+    """The reference implementation's shape: one (image, sample) forward/backward at a time."""
+    generator = torch.Generator().manual_seed(0)
+    maps = []
+    with attribution_context(model):
+        for image, label in zip(images, target, strict=True):
+            params = sample_affine(
+                n,
+                generator=generator,
+                hflip_prob=0.5,
+                rotation=20,
+                translation=0.1,
+                scale=(0.9, 1.1),
+            )
+            samples = []
+            for k, t in enumerate(torch.linspace(0, alpha, n).tolist()):
+                source = image[None].clone().requires_grad_()
+                noise = torch.randn(source.shape, generator=generator).to(source.device)
+                x = (1 - t) * warp(source, params.index(torch.tensor([k]))) + (
+                    1 - (1 - t) ** 2
+                ) ** 0.5 * noise
+                with effective_mode():
+                    logit = model(x)[0, label]
+                (grad,) = torch.autograd.grad(logit, source)
+                samples.append(grad * source.detach())
+            maps.append(torch.stack(samples).median(0).values)
+    return torch.cat(maps)
+
+
+def captum_noise_tunnel(
+    model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, n: int
+) -> Callable[[], object] | None:
+    try:
+        from captum.attr import InputXGradient, NoiseTunnel
+    except ImportError:
+        return None
+    tunnel = NoiseTunnel(InputXGradient(model))
+
+    def run() -> object:
+        return tunnel.attribute(
+            images.clone().requires_grad_(),
+            nt_type="smoothgrad",
+            nt_samples=n,
+            nt_samples_batch_size=n,
+            target=target,
+            stdevs=0.5,
+        )
+
+    return run
+
+
+def read_status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), in KiB."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's peak resident size (Linux clear_refs) and return the current one."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return read_status_kib("VmRSS") * 1024
+
+
+def peak_memory_child(device: str, n_samples: int, batch_size: int) -> None:
+    """Run in a fresh process: print the peak memory added by one DAVE call, in MiB."""
+    model, images, target = build(device, 2)
+    engine = DAVE(model, n_samples=n_samples, batch_size=batch_size)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        engine.attribute(images, target)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = reset_peak_rss()
+        engine.attribute(images, target)
+        peak = read_status_kib("VmHWM") * 1024 - base
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def peak_memory(device: str, n_samples: int, batch_size: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child-memory",
+            str(n_samples),
+            "--batch-size",
+            str(batch_size),
+            "--device",
+            device,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory is not None:
+        peak_memory_child(args.device, args.child_memory, args.batch_size)
+        return
+
+    n = args.n_samples
+    model, images, target = build(args.device, 2)
+    engine = DAVE(model, n_samples=n, noise_alpha=0.5, batch_size=2 * n)
+    print(
+        f"{MODEL} random init, 2 images at 224 px, n_samples={n}, device={args.device}, "
+        f"threads={torch.get_num_threads()}"
+    )
+    rows = [
+        (
+            "floor: plain forward+backward of 2·N images",
+            timed(lambda: floor(model, images, target, n), args.device, args.repeats),
+        ),
+        (
+            "DAVE (one batched pass)",
+            timed(lambda: engine.attribute(images, target), args.device, args.repeats),
+        ),
+        (
+            "naive loop, one sample per pass",
+            timed(lambda: naive_loop(model, images, target, n, 0.5), args.device, args.repeats),
+        ),
+    ]
+    captum = captum_noise_tunnel(model, images, target, n)
+    if captum is not None:
+        rows.append(
+            ("Captum NoiseTunnel(InputXGradient)", timed(captum, args.device, args.repeats))
+        )
+    else:
+        rows.append(("Captum NoiseTunnel(InputXGradient)", float("nan")))
+    dave_time = rows[1][1]
+    print(f"{'method':<46} {'seconds':>9} {'× floor':>8} {'DAVE ×':>8}")
+    for name, seconds in rows:
+        print(
+            f"{name:<46} {seconds:>9.3f} {seconds / rows[0][1]:>8.2f} {seconds / dave_time:>8.2f}"
+        )
+    if captum is None:
+        print("(Captum not installed: pip install captum)")
+
+    kind = "CUDA allocated" if args.device == "cuda" else "resident (VmHWM − VmRSS before)"
+    print(f"\npeak {kind} memory of one DAVE call, batch_size={args.batch_size}, 2 images")
+    small = peak_memory(args.device, 16, args.batch_size)
+    large = peak_memory(args.device, 128, args.batch_size)
+    print(f"n_samples=16 : {small:8.1f} MiB")
+    print(f"n_samples=128: {large:8.1f} MiB  (ratio {large / small:.3f})")
+
+
+if __name__ == "__main__":
+    main()
