@@ -1,0 +1,58 @@
+"""Explanation-quality metrics (DESIGN §2.3): functional forms on tensors and torchmetrics classes.
+
+Every functional metric works with maps from any attribution method, (B, 1, H, W) or (B, H, W),
+float32 or float64, on any device, and returns per-image values with NaN where undefined; the
+classes average those values over batches and DDP ranks, skipping NaN.
+"""
+
+from dave_lightning.metrics.artifacts import patch_artifact_score
+from dave_lightning.metrics.classes import (
+    AttributionDrift,
+    DeletionAUC,
+    EnergyPointingGame,
+    Gini,
+    GridPointingGame,
+    InsertionAUC,
+    PatchArtifactScore,
+    Stability,
+)
+from dave_lightning.metrics.drift import attribution_drift
+from dave_lightning.metrics.faithfulness import (
+    baseline_images,
+    curve_auc,
+    deletion_curve,
+    insertion_curve,
+)
+from dave_lightning.metrics.grid import GridProbe, make_grid_probe
+from dave_lightning.metrics.localization import (
+    boxes_to_masks,
+    energy_pointing_game,
+    grid_pointing_game,
+)
+from dave_lightning.metrics.sparsity import gini
+from dave_lightning.metrics.stability import STABILITY_TRANSFORMS, stability
+
+__all__ = [
+    "STABILITY_TRANSFORMS",
+    "AttributionDrift",
+    "DeletionAUC",
+    "EnergyPointingGame",
+    "Gini",
+    "GridPointingGame",
+    "GridProbe",
+    "InsertionAUC",
+    "PatchArtifactScore",
+    "Stability",
+    "attribution_drift",
+    "baseline_images",
+    "boxes_to_masks",
+    "curve_auc",
+    "deletion_curve",
+    "energy_pointing_game",
+    "gini",
+    "grid_pointing_game",
+    "insertion_curve",
+    "make_grid_probe",
+    "patch_artifact_score",
+    "stability",
+]

@@ -1,0 +1,122 @@
+"""Grid probes for the grid pointing game: k×k mosaics of images of distinct classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from dave_lightning.metrics._checks import as_target
+
+
+class GridProbe(NamedTuple):
+    """Composed grids and what sits in each cell (cells row-major, 0-based).
+
+    Score one grid per cell: ``maps = attr(images.repeat_interleave(k * k, 0),
+    targets.flatten())`` then ``grid_pointing_game(maps, k, cells.flatten())``.
+    """
+
+    images: torch.Tensor  # (G, C, H, W)
+    targets: torch.Tensor  # (G, k·k) int64: class of the image in each cell
+    cells: torch.Tensor  # (G, k·k) int64: the cell index of each entry, 0..k·k-1
+
+
+@torch.no_grad()
+def _rank(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> torch.Tensor:
+    """Indices of the correctly classified images, most confident (true-class softmax) first."""
+    correct, confidence = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size].float()
+        probs = model(chunk).float().softmax(-1)
+        label = labels[start : start + batch_size]
+        correct.append(probs.argmax(-1) == label)
+        confidence.append(probs.gather(1, label[:, None])[:, 0])
+    correct_t, confidence_t = torch.cat(correct), torch.cat(confidence)
+    order = confidence_t.argsort(descending=True, stable=True)
+    return order[correct_t[order]]
+
+
+def _assign(ranked_labels: list[int], cells: int, max_grids: int | None) -> list[list[int]]:
+    """Greedy grids of distinct classes: each takes the next image of the best-ranked classes.
+
+    Returns per grid the positions (into the ranked list) of its cells' images, rotated by the
+    grid index so that the most confident image does not always sit in cell 0.
+    """
+    pools: dict[int, list[int]] = {}
+    for position, label in enumerate(ranked_labels):
+        pools.setdefault(label, []).append(position)
+    grids: list[list[int]] = []
+    while max_grids is None or len(grids) < max_grids:
+        heads = sorted(pool[0] for pool in pools.values() if pool)
+        if len(heads) < cells:
+            break
+        chosen = heads[:cells]
+        for position in chosen:
+            pools[ranked_labels[position]].pop(0)
+        shift = len(grids) % cells
+        grids.append(chosen[shift:] + chosen[:shift])
+    return grids
+
+
+def make_grid_probe(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    k: int = 2,
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    max_grids: int | None = None,
+    batch_size: int = 64,
+) -> GridProbe:
+    """Compose k×k grids of images of distinct classes, each grid resized to ``size``.
+
+    ``size`` is the model's input size and defaults to the images' own (H, W); it must be a
+    multiple of ``k``. With ``model`` (images → logits), only correctly classified images are
+    used, most confident first; without it, images are used in the given order. Each image
+    appears at most once; grids are made until fewer than k·k classes remain or ``max_grids``.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("images must be a (B, C, H, W) tensor")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating, got {images.dtype}; call .float() first")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    labels = as_target(labels, len(images), images.device, name="labels")
+    height, width = size if size is not None else images.shape[-2:]
+    if height % k or width % k:
+        raise ValueError(f"k={k} must divide the grid size {height}×{width}; pass another size")
+    ranked = (
+        torch.arange(len(images), device=images.device)
+        if model is None
+        else _rank(images, labels, model, batch_size)
+    )
+    grids = _assign(labels[ranked].tolist(), k * k, max_grids)
+    if not grids:
+        raise ValueError(
+            f"need images of at least {k * k} distinct classes"
+            + (" among the correctly classified ones" if model is not None else "")
+            + f" to compose a {k}×{k} grid"
+        )
+    picked = ranked[torch.tensor(grids, device=images.device)]  # (G, k·k)
+    tiles = F.interpolate(
+        images[picked.flatten()],
+        size=(height // k, width // k),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
+    count, channels = len(grids), images.shape[1]
+    mosaic = (
+        tiles.view(count, k, k, channels, height // k, width // k)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(count, channels, height, width)
+    )
+    cells = torch.arange(k * k, device=images.device).expand(count, k * k).clone()
+    return GridProbe(images=mosaic, targets=labels[picked], cells=cells)
