@@ -24,6 +24,7 @@ from dave_lightning.attribution.model_info import (
 )
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
 from dave_lightning.attribution.transforms import AffineParams, sample_affine, warp
+from dave_lightning.validation import check_int, check_range
 
 COMPONENTS = ("input_x_gradient", "input_x_effective", "input_x_equivariant", "dave")
 AGGREGATIONS = ("mad", "mean")
@@ -66,18 +67,17 @@ class DAVE:
                     "noise_alpha=None needs a timm model whose family has a reference value "
                     "(deit3/deit/vit base or small, patch 16); pass noise_alpha explicitly"
                 )
-        _check_int("n_samples", n_samples, minimum=1)
-        _check_range("noise_alpha", noise_alpha, 0.0, 1.0)
-        _check_range("hflip_prob", hflip_prob, 0.0, 1.0)
-        _check_range("rotation", rotation, 0.0, 180.0)
-        _check_range("translation", translation, 0.0, 1.0)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, minimum=1)
-        _check_int("seed", seed, minimum=0)
+        check_settings(
+            n_samples=n_samples,
+            noise_alpha=noise_alpha,
+            hflip_prob=hflip_prob,
+            rotation=rotation,
+            translation=translation,
+            scale=scale,
+            aggregation=aggregation,
+            batch_size=batch_size,
+            seed=seed,
+        )
         self.model = model
         self.n_samples = n_samples
         self.noise_alpha = float(noise_alpha)
@@ -226,6 +226,34 @@ def gradient_contributions(
     return out
 
 
+def check_settings(
+    *,
+    n_samples: int,
+    noise_alpha: float | None,
+    hflip_prob: float,
+    rotation: float,
+    translation: float,
+    scale: tuple[float, float],
+    aggregation: str,
+    batch_size: int | None,
+    seed: int,
+) -> None:
+    """Raise a clear error for any engine setting out of bounds (``noise_alpha=None`` passes)."""
+    check_int("n_samples", n_samples, minimum=1)
+    if noise_alpha is not None:
+        check_range("noise_alpha", noise_alpha, 0.0, 1.0)
+    check_range("hflip_prob", hflip_prob, 0.0, 1.0)
+    check_range("rotation", rotation, 0.0, 180.0)
+    check_range("translation", translation, 0.0, 1.0)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
+    check_int("seed", seed, minimum=0)
+
+
 def channel_sum(contributions: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) → (B, 1, H, W) signed sum over channels (maps without post-processing)."""
     return contributions.sum(1, keepdim=True)
@@ -325,17 +353,3 @@ def _chunks(total: int, size: int) -> Iterator[slice]:
 def _item_seed(seed: int, image: int, sample: int) -> int:
     """A distinct, reproducible seed per (seed, image, sample) item."""
     return ((seed * 1_000_003 + image) * 1_000_033 + sample) % (2**63 - 1)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

@@ -66,7 +66,8 @@ def attribution_context(model: nn.Module) -> Iterator[None]:
     """Eval mode, frozen parameters, float32 and gradients on; everything restored on exit.
 
     Works inside ``torch.no_grad()``, ``torch.inference_mode()`` and autocast regions (as in
-    Lightning's validation loop). Frozen parameters keep autograd from saving what only weight
+    Lightning's validation loop); ``torch.compile``d modules run their eager code, which the
+    effective mode can intercept. Frozen parameters keep autograd from saving what only weight
     gradients need; ``.grad`` fields are never written.
     """
     training = [(module, module.training) for module in model.modules()]
@@ -80,6 +81,7 @@ def attribution_context(model: nn.Module) -> Iterator[None]:
             torch.inference_mode(False),
             torch.enable_grad(),
             torch.autocast(device_type=device_type, enabled=False),
+            torch.compiler.set_stance("force_eager"),
         ):
             yield
     finally:

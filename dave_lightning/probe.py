@@ -1,0 +1,152 @@
+"""Probe sets: the fixed, held-out images whose explanations are tracked across training.
+
+A probe is built once from tensors, a ``Dataset`` or a ``DataLoader`` (the first ``num_probe``
+items in index order, so the choice never depends on shuffling) and validated early, so that
+a bad probe fails at ``setup`` and not after an hour of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+ProbeSource = tuple | Dataset | DataLoader
+
+
+@dataclass
+class Probe:
+    """Images (N, C, H, W) float32, labels (N,) int64, optional object masks (N, H, W) bool and
+    named regions (name → (N, H, W) bool) whose attribution share is tracked too."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    regions: dict[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def digest(self) -> str:
+        """SHA-256 of the probe images, so that runs with different probes are never compared."""
+        data = self.images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()
+
+
+def build_probe(
+    source: ProbeSource,
+    num_probe: int,
+    regions: Mapping[str, torch.Tensor] | None = None,
+) -> Probe:
+    """Probe from ``(images, labels[, masks])``, a Dataset or a DataLoader."""
+    if isinstance(source, tuple):
+        if len(source) not in (2, 3):
+            raise ValueError(
+                f"a probe tuple must be (images, labels) or (images, labels, masks), "
+                f"got {len(source)} elements"
+            )
+        items = [t[:num_probe] if isinstance(t, torch.Tensor) else t for t in source]
+        images, labels, masks = (*items, None)[:3]
+    else:
+        images, labels, masks = _collect(source, num_probe)
+    probe = Probe(
+        images=_as_images(images),
+        labels=_as_labels(labels),
+        masks=None if masks is None else torch.as_tensor(masks),
+        regions=None if regions is None else {k: torch.as_tensor(v) for k, v in regions.items()},
+    )
+    if probe.regions is not None:
+        probe.regions = {name: m[: len(probe)] for name, m in probe.regions.items()}
+    check_probe(probe)
+    return probe
+
+
+def check_probe(probe: Probe) -> None:
+    """Shape and type checks that need no model; errors name the problem and the fix."""
+    n, _, height, width = probe.images.shape
+    if n == 0:
+        raise ValueError("the probe is empty; pass at least one image (num_probe >= 1)")
+    if probe.labels.shape != (n,):
+        raise ValueError(
+            f"probe labels have shape {tuple(probe.labels.shape)}, expected ({n},): "
+            "one class index per probe image"
+        )
+    named = {"masks": probe.masks, **(probe.regions or {})}
+    for name, masks in named.items():
+        if masks is None:
+            continue
+        if masks.shape != (n, height, width):
+            raise ValueError(
+                f"probe {name} have shape {tuple(masks.shape)} but the images need "
+                f"({n}, {height}, {width}); pass one (H, W) mask per probe image"
+            )
+        if masks.dtype != torch.bool:
+            raise TypeError(f"probe {name} must be boolean, got {masks.dtype}; use masks > 0.5")
+
+
+def _collect(source: Dataset | DataLoader, num_probe: int) -> tuple[Any, Any, Any]:
+    """The first ``num_probe`` items of a dataset (index order) or a loader (iteration order)."""
+    dataset = source.dataset if isinstance(source, DataLoader) else source
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        items = []
+        for batch in source:
+            items.extend(_unbatch(batch))
+            if len(items) >= num_probe:
+                break
+        items = items[:num_probe]
+    else:
+        items = [dataset[i] for i in range(min(num_probe, len(dataset)))]
+    if not items:
+        raise ValueError("the probe source holds no items; pass a non-empty dataset or loader")
+    fields = [_fields(item) for item in items]
+    images = torch.stack([torch.as_tensor(f[0]) for f in fields])
+    labels = torch.tensor([int(f[1]) for f in fields])
+    masks = None if fields[0][2] is None else torch.stack([torch.as_tensor(f[2]) for f in fields])
+    return images, labels, masks
+
+
+def _fields(item: Any) -> tuple[Any, Any, Any]:
+    """(image, label, mask or None) from a tuple/list item or a dict with those keys."""
+    if isinstance(item, Mapping):
+        image = item.get("image", item.get("images"))
+        label = item.get("label", item.get("labels", item.get("target")))
+        return image, label, item.get("mask", item.get("masks"))
+    if isinstance(item, Sequence) and len(item) >= 2:
+        return item[0], item[1], item[2] if len(item) > 2 else None
+    raise TypeError(
+        "probe items must be (image, label[, mask]) or a dict with 'image' and 'label'; "
+        f"got {type(item).__name__}"
+    )
+
+
+def _unbatch(batch: Any) -> list[Any]:
+    """Split a collated batch (tuple of tensors or dict of tensors) into items."""
+    if isinstance(batch, Mapping):
+        size = len(next(iter(batch.values())))
+        return [{key: value[i] for key, value in batch.items()} for i in range(size)]
+    return list(zip(*batch, strict=False))
+
+
+def _as_images(images: Any) -> torch.Tensor:
+    images = torch.as_tensor(images)
+    if images.dim() != 4:
+        raise ValueError(
+            f"probe images must be (N, C, H, W), got shape {tuple(images.shape)}; "
+            "stack single images with torch.stack"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"probe images must be float tensors normalised for the model, got {images.dtype}"
+        )
+    return images.detach().to("cpu", torch.float32).clone()
+
+
+def _as_labels(labels: Any) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"probe labels must be integer class indices, got {labels.dtype}")
+    return labels.detach().to("cpu", torch.long).clone()
