@@ -1,0 +1,338 @@
+"""DAVEMonitor in real Lightning fits, read back through TensorBoard's own event reader."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import psutil
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning_fixtures import TinyClassifier, loader, random_data
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dave_lightning import DAVEMonitor
+from dave_lightning.snapshot import list_snapshots, load_snapshot
+
+FAST = {"n_samples": 2, "deletion_steps": 8, "max_images": 2}
+CHEAP_METRICS = ("energy_pg", "gini", "patch_artifact", "drift")
+
+
+def fit(
+    tmp_path: Path,
+    callbacks: list[pl.Callback],
+    *,
+    epochs: int = 2,
+    seed: int = 0,
+    module: pl.LightningModule | None = None,
+    **trainer_kwargs: object,
+) -> tuple[pl.Trainer, pl.LightningModule]:
+    pl.seed_everything(seed, verbose=False)
+    module = module or TinyClassifier()
+    settings: dict[str, object] = {
+        "max_epochs": epochs,
+        "limit_train_batches": 3,
+        "limit_val_batches": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "deterministic": True,
+        "default_root_dir": tmp_path,
+        "logger": TensorBoardLogger(tmp_path, name="run"),
+    }
+    trainer = pl.Trainer(callbacks=callbacks, **{**settings, **trainer_kwargs})
+    trainer.fit(module, loader(24), loader(16, seed=1))
+    return trainer, module
+
+
+def events(log_dir: str | Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_fit_logs_scalars_images_and_snapshots_at_each_evaluation(tmp_path: Path) -> None:
+    monitor = DAVEMonitor(random_data(8, seed=5), **FAST)
+    trainer, _ = fit(tmp_path, [monitor])
+    accumulator = events(trainer.log_dir)
+    images = accumulator.Tags()["images"]
+    for tag in (
+        "dave/energy_pg",
+        "dave/grid_pg",
+        "dave/stability_spearman",
+        "dave/deletion_lerf_blur",
+        "dave/deletion_random_blur",
+        "dave/gini",
+        "dave/patch_artifact",
+        "dave/probe_accuracy",
+        "dave/input_x_gradient/energy_pg",
+    ):
+        assert [event.step for event in accumulator.Scalars(tag)] == [0, 3, 6], tag
+    assert [e.step for e in accumulator.Scalars("dave/drift_first_spearman")] == [3, 6]
+    for tag in ("dave/probe/0", "dave/probe/1", "dave/probe_grid", "dave/deletion_curves"):
+        assert [event.step for event in accumulator.Images(tag)] == [0, 3, 6], tag
+    assert "dave/probe/2" not in images  # max_images=2
+    (progression,) = accumulator.Images("dave/progression/0")
+    assert progression.step == 6 and progression.width > progression.height
+    energy = [event.value for event in accumulator.Scalars("dave/energy_pg")]
+    assert energy == [entry["metrics"]["energy_pg"] for entry in monitor.history]
+    paths = list_snapshots(Path(trainer.log_dir) / "dave")
+    assert [p.name for p in paths] == ["step_00000000.pt", "step_00000003.pt", "step_00000006.pt"]
+    record = load_snapshot(paths[-1])
+    assert record["maps"].shape == (8, 1, 32, 32)
+    assert record["metrics"]["energy_pg"] == pytest.approx(energy[-1])
+    assert record["epoch"] == 1 and record["global_step"] == 6
+    assert len(record["settings"]["probe_sha256"]) == 64
+
+
+def test_training_is_unchanged_by_the_monitor(tmp_path: Path) -> None:
+    def run(callbacks: list[pl.Callback]) -> tuple[dict, dict]:
+        trainer, module = fit(tmp_path, callbacks, epochs=2, logger=False)
+        optimizer = trainer.optimizers[0].state_dict()
+        return copy.deepcopy(module.state_dict()), copy.deepcopy(optimizer)
+
+    weights, optimizer = run([])
+    monitored_weights, monitored_optimizer = run(
+        [DAVEMonitor(random_data(6, seed=2), every_n_train_steps=2, **FAST)]
+    )
+    assert weights.keys() == monitored_weights.keys()
+    for name in weights:
+        assert torch.equal(weights[name], monitored_weights[name]), name
+    for key, state in optimizer["state"].items():
+        for field, value in state.items():
+            assert torch.equal(value, monitored_optimizer["state"][key][field]), (key, field)
+
+
+def test_resume_continues_schedule_and_drift_reference(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = DAVEMonitor(random_data(6, seed=2), metrics=CHEAP_METRICS, **FAST)
+    fit(tmp_path, [first, checkpoint], epochs=1, enable_checkpointing=True)
+    assert [entry["global_step"] for entry in first.history] == [0, 3]
+
+    resumed = DAVEMonitor(random_data(6, seed=2), metrics=CHEAP_METRICS, **FAST)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        callbacks=[resumed],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=TensorBoardLogger(tmp_path, name="resumed"),
+    )
+    trainer.fit(
+        TinyClassifier(), loader(24), loader(16, seed=1), ckpt_path=checkpoint.last_model_path
+    )
+    assert [entry["global_step"] for entry in resumed.history] == [0, 3, 6]
+    assert torch.equal(resumed._first_maps, first._first_maps)
+    last = resumed.history[-1]["metrics"]
+    assert 0 < last["drift_first_cosine"] < 1 and "drift_previous_cosine" in last
+
+
+def test_state_dict_round_trip() -> None:
+    monitor = DAVEMonitor(random_data(4))
+    monitor.history = [{"epoch": 0, "global_step": 5, "metrics": {"gini": 0.5}}]
+    monitor._last_step = 5
+    monitor._first_maps = torch.rand(4, 1, 32, 32)
+    monitor._previous_maps = torch.rand(4, 1, 32, 32)
+    restored = DAVEMonitor(random_data(4))
+    restored.load_state_dict(copy.deepcopy(monitor.state_dict()))
+    assert restored.history == monitor.history and restored._last_step == 5
+    assert torch.equal(restored._first_maps, monitor._first_maps)
+    assert torch.equal(restored._previous_maps, monitor._previous_maps)
+
+
+class _CountingClassifier(TinyClassifier):
+    steps = 0
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        type(self).steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("probe", "match"),
+    [
+        ((torch.randn(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)), "1 channels"),
+        ((torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 9])), "labels span"),
+        ((torch.randn(0, 3, 32, 32), torch.zeros(0, dtype=torch.long)), "probe is empty"),
+        (
+            (
+                torch.randn(4, 3, 32, 32),
+                torch.zeros(4, dtype=torch.long),
+                torch.ones(4, 16, 16) > 0,
+            ),
+            "masks have shape",
+        ),
+        ((torch.randn(4, 3, 40, 40), torch.zeros(4, dtype=torch.long)), "cannot take the probe"),
+    ],
+)
+def test_bad_probe_fails_at_setup_before_training(tmp_path: Path, probe, match) -> None:
+    _CountingClassifier.steps = 0
+    with pytest.raises(ValueError, match=match):
+        fit(tmp_path, [DAVEMonitor(probe, **FAST)], module=_CountingClassifier(), logger=False)
+    assert _CountingClassifier.steps == 0
+
+
+def test_too_few_classes_for_the_grid_only_skips_that_metric(tmp_path: Path) -> None:
+    images, labels, masks = random_data(4)
+    monitor = DAVEMonitor((images, labels % 2, masks), metrics=("grid_pg", "gini"), **FAST)
+    with pytest.warns(UserWarning, match="grid_pg is skipped"):
+        fit(tmp_path, [monitor], epochs=1, logger=False)
+    assert "grid_pg" not in monitor.history[-1]["metrics"]
+    assert "gini" in monitor.history[-1]["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"probe": "train"}, TypeError, "probe must be"),
+        ({"num_probe": 0}, ValueError, "num_probe"),
+        ({"target": "logit"}, ValueError, "target"),
+        ({"on_error": "ignore"}, ValueError, "on_error"),
+        ({"metrics": ("accuracy",)}, ValueError, "unknown metrics"),
+        ({"compare_methods": ("gradcam",)}, ValueError, "unknown compare_methods"),
+        ({"n_samples": 0}, ValueError, "n_samples"),
+        ({"every_n_train_steps": 0}, ValueError, "every_n_train_steps"),
+        ({"mean": (0.5, 0.5)}, ValueError, "mean"),
+    ],
+)
+def test_bad_arguments_fail_in_init(kwargs, error, match) -> None:
+    kwargs.setdefault("probe", random_data(4))
+    with pytest.raises(error, match=match):
+        DAVEMonitor(**kwargs)
+
+
+class _FailingForward:
+    """forward_fn that works for the setup check, then fails inside every evaluation."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("broken explainer")
+        return module(images)
+
+
+def test_failing_evaluation_warns_and_training_continues(tmp_path: Path) -> None:
+    reference, module = fit(tmp_path, [], epochs=1, logger=False)
+    monitor = DAVEMonitor(random_data(4), forward_fn=_FailingForward(), **FAST)
+    with pytest.warns(UserWarning, match="broken explainer"):
+        trainer, monitored = fit(tmp_path, [monitor], epochs=1)
+    assert trainer.global_step == reference.global_step == 3
+    assert monitor.history == []
+    assert not [tag for tag in events(trainer.log_dir).Tags()["scalars"] if tag.startswith("dave/")]
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, monitored.state_dict()[name])
+
+
+def test_on_error_raise_stops_training(tmp_path: Path) -> None:
+    monitor = DAVEMonitor(random_data(4), forward_fn=_FailingForward(), on_error="raise", **FAST)
+    with pytest.raises(RuntimeError, match="broken explainer"):
+        fit(tmp_path, [monitor], epochs=1, logger=False)
+
+
+def test_val_probe_frozen_backbone_and_bf16(tmp_path: Path) -> None:
+    module = TinyClassifier()
+    module.model.blocks.requires_grad_(False)
+    monitor = DAVEMonitor("val", num_probe=5, metrics=CHEAP_METRICS, **FAST)
+    fit(tmp_path, [monitor], epochs=1, module=module, precision="bf16-mixed", logger=False)
+    assert monitor._probe.images.shape == (5, 3, 32, 32)
+    assert torch.equal(monitor._probe.images, loader(16, seed=1).dataset.tensors[0][:5])
+    assert all(
+        torch.isfinite(torch.tensor(list(h["metrics"].values()))).all() for h in monitor.history
+    )
+    assert not any(p.requires_grad for p in module.model.blocks.parameters())
+    assert module.model.head.weight.requires_grad
+
+
+def test_without_tensorboard_it_writes_pngs_and_snapshots(tmp_path: Path) -> None:
+    monitor = DAVEMonitor(random_data(4), metrics=CHEAP_METRICS, **FAST)
+    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
+        fit(tmp_path, [monitor], epochs=1, logger=CSVLogger(tmp_path))
+    assert len(list_snapshots(monitor.snapshot_dir)) == 2
+    pngs = sorted(
+        p.relative_to(monitor.snapshot_dir).as_posix() for p in monitor.snapshot_dir.rglob("*.png")
+    )
+    assert "png/step_00000000/dave_probe_0.png" in pngs
+    assert "png/step_00000003/dave_progression_0.png" in pngs
+    csv = (Path(monitor.snapshot_dir).parent / "metrics.csv").read_text()
+    assert "dave/energy_pg" in csv
+
+
+def test_repeated_evaluations_do_not_grow_memory(tmp_path: Path) -> None:
+    class RecordMemory(pl.Callback):
+        def __init__(self) -> None:
+            self.rss: dict[int, int] = {}
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            self.rss[trainer.global_step] = psutil.Process().memory_info().rss
+
+    monitor = DAVEMonitor(
+        random_data(4), every_n_train_steps=1, every_n_epochs=None, metrics=CHEAP_METRICS, **FAST
+    )
+    recorder = RecordMemory()
+    fit(tmp_path, [monitor, recorder], epochs=30, max_steps=60)
+    assert len(monitor.history) >= 51
+    growth = recorder.rss[60] - recorder.rss[10]
+    assert growth < 64 * 2**20, (
+        f"resident memory grew by {growth / 2**20:.1f} MiB over 50 evaluations"
+    )
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_fixtures import TinyClassifier, loader, random_data
+from dave_lightning import DAVEMonitor
+
+pl.seed_everything(0)
+monitor = DAVEMonitor(random_data(6), n_samples=2, deletion_steps=8, max_images=1,
+                      metrics=("energy_pg", "gini", "drift"))
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                     limit_train_batches=2, limit_val_batches=1, callbacks=[monitor],
+                     enable_progress_bar=False, enable_model_summary=False,
+                     logger=TensorBoardLogger({out!r}, name="ddp", version=0))
+trainer.fit(TinyClassifier(), loader(16), loader(8, seed=1))
+print("rank", trainer.global_rank, "evaluations", [h["global_step"] for h in monitor.history])
+"""
+
+
+def test_ddp_on_cpu_logs_once_and_does_not_hang(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("evaluations [0, 1, 2]") == 2  # both ranks evaluated in step
+    accumulator = events(tmp_path / "ddp" / "version_0")
+    assert [e.step for e in accumulator.Scalars("dave/energy_pg")] == [0, 1, 2]
+    assert [e.step for e in accumulator.Images("dave/probe/0")] == [0, 1, 2]
+    assert len(list_snapshots(tmp_path / "ddp" / "version_0" / "dave")) == 3
+
+
+def test_no_warnings_from_a_plain_fit(tmp_path: Path) -> None:
+    monitor = DAVEMonitor(random_data(8, seed=5), metrics=CHEAP_METRICS, **FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, [monitor], epochs=1)
+    ours = [w for w in caught if "DAVEMonitor" in str(w.message) or "dave_lightning" in w.filename]
+    assert ours == []
