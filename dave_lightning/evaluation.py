@@ -145,7 +145,8 @@ class ProbeEvaluator:
         if "patch_artifact" in self.metrics and patch is not None:
             values["patch_artifact"] = M.patch_artifact_score(maps, patch)
         if "stability" in self.metrics:
-            for key, value in M.stability(attribute, images, targets).items():
+            stability = M.stability(attribute, images, targets, maps=maps.to(images.device))
+            for key, value in stability.items():
                 values[f"stability_{key}"] = value
         if self.grid is not None:
             cells = self.grid_k**2

@@ -115,3 +115,19 @@ def test_bad_inputs() -> None:
         stability(channel_sum, torch.rand(3, 16, 16), 0)
     with pytest.raises(ValueError, match="at least one"):
         stability(channel_sum, smooth_images(2, 16), 0, transforms=())
+
+
+def test_precomputed_maps_skip_the_originals_and_give_the_same_scores() -> None:
+    images = torch.randn(3, 3, 32, 32)
+    target = torch.tensor([0, 1, 2])
+    calls: list[int] = []
+
+    def attribute(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.abs().sum(1, keepdim=True)
+
+    full = stability(attribute, images, target)
+    reused = stability(attribute, images, target, maps=attribute(images, target))
+    assert calls == [9, 3, 6]
+    for key in full:
+        torch.testing.assert_close(full[key], reused[key])

@@ -40,6 +40,7 @@ def stability(
     *,
     transforms: Sequence[tuple[float, tuple[float, float]]] = STABILITY_TRANSFORMS,
     top_fraction: float = 0.1,
+    maps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compare attr(T x) with T(attr(x)) per image: ``pearson``, ``spearman``, ``topk_iou``.
 
@@ -47,7 +48,8 @@ def stability(
     images and maps bilinearly; statistics use the pixels whose bilinear sample lies entirely
     inside the frame (valid in both maps) and are averaged over the transforms, ignoring NaN.
     Returns (B,) float tensors; one call to ``attribute_fn`` on the B·(1 + len(transforms))
-    images.
+    images, or on the B·len(transforms) transformed ones when ``maps`` already holds
+    attr(images) (as a monitor that has just computed them does).
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError("images must be a (B, C, H, W) tensor")
@@ -58,7 +60,10 @@ def stability(
     count = len(transforms)
     params = _transform_batch(transforms, batch)
     moved = warp(images.repeat(count, 1, 1, 1), params)
-    maps = attribute_fn(torch.cat([images, moved]), target.repeat(count + 1))
+    if maps is None:
+        maps = attribute_fn(torch.cat([images, moved]), target.repeat(count + 1))
+    else:
+        maps = torch.cat([maps.to(images.device), attribute_fn(moved, target.repeat(count))])
     maps = as_maps(maps, name="attribute_fn output").detach()
     if maps.shape != (batch * (count + 1), height, width):
         raise ValueError(
