@@ -1,8 +1,8 @@
-"""Pictures of attribution maps: colormaps, overlays, panels and matplotlib figures as tensors.
+"""Heatmaps, overlays, image grids and plots for TensorBoard, the CLI report and the docs.
 
-Everything returns float32 (3, H, W) tensors in [0, 1] (or batches of them), which
-``SummaryWriter.add_image`` takes as they are. Figures are drawn on an Agg canvas without
-pyplot, so no global plotting state is touched.
+Every image helper returns float32 tensors in [0, 1], channels first ((3, H, W) or
+(B, 3, H, W)), so ``SummaryWriter.add_image`` takes them as they are. Plots are drawn on
+``matplotlib.figure.Figure`` objects with the Agg canvas: no pyplot global state, no display.
 """
 
 from __future__ import annotations
@@ -13,100 +13,142 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+import torchvision
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-DEFAULT_CMAP = "inferno"
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
 def denormalize(
-    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+    images: torch.Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """Undo ``(x − mean) / std`` into [0, 1]; without both, min–max scale each image."""
-    images = images.detach().float().cpu()
+    """Undo ``(x - mean) / std`` on (B, 3, H, W) images and clamp to [0, 1].
+
+    With ``mean`` and ``std`` both None, each image is min-max scaled to [0, 1] instead.
+    """
+    images = images.detach().float()
+    if mean is None and std is None:
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        high = images.amax(dim=(1, 2, 3), keepdim=True)
+        return ((images - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
     if mean is None or std is None:
-        low = images.flatten(1).amin(1).view(-1, 1, 1, 1)
-        high = images.flatten(1).amax(1).view(-1, 1, 1, 1)
-        return (images - low) / (high - low).clamp_min(1e-12)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images * std_t + mean_t).clamp(0, 1)
+        raise ValueError("give both mean and std, or neither")
+    mean_ = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_ = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * std_ + mean_).clamp(0, 1)
 
 
-def colorize(maps: torch.Tensor, cmap: str = DEFAULT_CMAP) -> torch.Tensor:
-    """(B, 1, H, W) or (B, H, W) maps → (B, 3, H, W) colours, each map divided by its maximum."""
-    maps = maps.detach().float().cpu()
-    maps = maps[:, 0] if maps.dim() == 4 else maps
-    maps = torch.nan_to_num(maps, nan=0.0).clamp_min(0)
-    peak = maps.flatten(1).amax(1).view(-1, 1, 1)
-    scaled = maps / torch.where(peak > 0, peak, torch.ones_like(peak))
-    colours = matplotlib.colormaps[cmap](scaled.numpy())[..., :3]
-    return torch.from_numpy(colours).float().permute(0, 3, 1, 2).contiguous()
+def colorize(maps: torch.Tensor | np.ndarray, cmap: str = "inferno") -> torch.Tensor:
+    """(B, 1, H, W) or (B, H, W) maps → (B, 3, H, W) RGB through a matplotlib colormap.
+
+    Each map is divided by its own maximum (negative values are clipped to zero, an all-zero
+    map stays zero), so the hottest pixel always gets the colormap's top colour.
+    """
+    maps = torch.as_tensor(maps).detach().float()
+    if maps.dim() == 4:
+        if maps.shape[1] != 1:
+            raise ValueError(f"expected one channel, got maps of shape {tuple(maps.shape)}")
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise ValueError(f"expected (B, 1, H, W) or (B, H, W) maps, got {tuple(maps.shape)}")
+    maps = maps.clamp_min(0)
+    peak = maps.amax(dim=(1, 2), keepdim=True)
+    maps = maps / torch.where(peak > 0, peak, torch.ones_like(peak))
+    colormap = matplotlib.colormaps[cmap]
+    lut = torch.as_tensor(colormap(np.arange(colormap.N))[:, :3], dtype=torch.float32)
+    indices = (maps * (colormap.N - 1)).round().long()
+    return lut.to(maps.device)[indices].permute(0, 3, 1, 2).contiguous()
 
 
 def overlay(
-    images01: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5, cmap: str = DEFAULT_CMAP
+    images01: torch.Tensor,
+    maps: torch.Tensor | np.ndarray,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
 ) -> torch.Tensor:
-    """Blend colorized maps over images in [0, 1] (grayscale images are shown in RGB)."""
-    images01 = images01.detach().float().cpu()
-    if images01.shape[1] == 1:
-        images01 = images01.expand(-1, 3, -1, -1)
-    return (1 - alpha) * images01[:, :3] + alpha * colorize(maps, cmap)
+    """Blend colorized ``maps`` over (B, 3, H, W) images in [0, 1]: (1 - α)·image + α·heat."""
+    heat = colorize(maps, cmap).to(images01.device)
+    return ((1 - alpha) * images01.detach().float() + alpha * heat).clamp(0, 1)
 
 
 def make_panel(columns: Sequence[torch.Tensor], pad: int = 2) -> torch.Tensor:
-    """Images (3, H, W) of equal height side by side, separated by ``pad`` white pixels."""
-    height = columns[0].shape[-2]
-    gap = torch.ones(3, height, pad)
-    parts: list[torch.Tensor] = []
-    for index, column in enumerate(columns):
-        if index:
-            parts.append(gap)
-        parts.append(column.detach().float().cpu())
-    return torch.cat(parts, dim=-1)
+    """Put (3, H, W) images side by side, separated and framed by ``pad`` white pixels."""
+    return make_grid([columns], pad=pad)
 
 
-def figure_to_tensor(figure: Figure) -> torch.Tensor:
-    """Render a matplotlib figure to a (3, H, W) tensor in [0, 1]."""
-    canvas = FigureCanvasAgg(figure)
+def make_grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torch.Tensor:
+    """Tile equally long rows of (3, H, W) images into one (3, H', W') image with white gaps."""
+    if len({len(row) for row in rows}) != 1:
+        raise ValueError("all rows must have the same number of images")
+    tiles = torch.stack([tile.detach().float().cpu() for row in rows for tile in row])
+    return torchvision.utils.make_grid(tiles, nrow=len(rows[0]), padding=pad, pad_value=1.0)
+
+
+def figure_to_tensor(fig: Figure) -> torch.Tensor:
+    """Render a matplotlib Figure with Agg to a (3, H, W) tensor in [0, 1], then close it.
+
+    Closing only matters for figures made through pyplot, which keeps them alive until closed.
+    """
+    managed_by_pyplot = fig.canvas.manager is not None
+    canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    if managed_by_pyplot:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)
 
 
 def plot_curves(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    title: str,
-    xlabel: str,
-    ylabel: str,
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
 ) -> Figure:
-    """One line per named (x, y) curve, with a legend."""
-    figure = Figure(figsize=(6, 4), dpi=80)
-    axes = figure.add_subplot()
+    """Line plot of named (x, y) curves, e.g. deletion curves (fraction removed → probability)."""
+    fig = Figure(figsize=(4.5, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
     for name, (x, y) in curves.items():
-        axes.plot(x, y, label=name)
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
+        ax.plot(_numpy(x), _numpy(y), label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
+    return fig
 
 
-def plot_metric_history(history: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
-    """One panel per metric: its value against the training step."""
-    figure = Figure(figsize=(4 * max(1, min(len(history), 3)), 3 * ((len(history) + 2) // 3)))
-    for index, (name, points) in enumerate(history.items()):
-        axes = figure.add_subplot((len(history) + 2) // 3, min(len(history), 3), index + 1)
-        steps, values = zip(*points, strict=True) if points else ((), ())
-        axes.plot(steps, values, marker="o")
-        axes.set(title=name, xlabel="step")
-        axes.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure
+def plot_metric_history(
+    history: Mapping[str, Sequence[tuple[float, float]]], title: str = ""
+) -> Figure:
+    """One small panel per metric, value against global step (metrics have different scales)."""
+    ncols = min(3, max(1, len(history)))
+    nrows = max(1, -(-len(history) // ncols))
+    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows), dpi=100, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (name, points) in zip(axes, history.items(), strict=False):
+        ax.plot([step for step, _ in points], [value for _, value in points], "o-", markersize=3)
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(history) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> None:
-    """Write a (3, H, W) tensor in [0, 1] as an 8-bit PNG."""
-    array = (image.detach().float().cpu().clamp(0, 1) * 255).round().byte()
-    Image.fromarray(array.permute(1, 2, 0).numpy()).save(path)
+    """Write a (3, H, W) image in [0, 1] to an 8-bit RGB PNG."""
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format="PNG")
+
+
+def _numpy(values: ArrayLike) -> np.ndarray:
+    """Plain numpy copy of a tensor (any device, with or without grad), array or list."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
