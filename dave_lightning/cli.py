@@ -1,0 +1,475 @@
+"""The ``dave-lightning`` command: ``demo``, ``explain`` and ``compare`` (DESIGN §4).
+
+A thin layer over the Python API (``dave_lightning.demo``, ``.explain``, ``.compare``). Any
+mistake in the input, argparse's included, ends with exit code 2 and one line on stderr,
+``dave-lightning: error: <problem and fix>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import NoReturn
+
+import torch
+
+from dave_lightning.errors import UsageError
+from dave_lightning.evaluation import COMPARE_METHODS, METRICS
+
+PROG = "dave-lightning"
+
+COMPARE_DESCRIPTION = """\
+Compare DAVE maps and metrics across evaluations: the snapshots of DAVEMonitor runs, or
+Lightning checkpoints evaluated on one probe."""
+
+COMPARE_EPILOG = """\
+modes:
+  snapshots    dave-lightning compare lightning_logs/version_0 [--steps 0 100 200]
+               Reads the step_*.pt snapshots that DAVEMonitor writes (a run's log dir, its
+               dave/ folder or snapshot files; several runs may be given). Snapshots of
+               different probes are refused.
+  checkpoints  dave-lightning compare --checkpoints a.ckpt b.ckpt --module my_pkg.models:LitViT
+               Loads each checkpoint into the LightningModule class (built from the
+               checkpoint's hyper_parameters) and evaluates it on the same probe, same seed.
+
+report files (in --out):
+  maps_probe_<i>.png   per probe image: the image (when known), then its DAVE map per evaluation
+  metrics.md/.csv/.json  metrics of every evaluation (CSV: one row per evaluation)
+  drift_spearman.csv, drift_topk_iou.csv, drift.png
+                       mean drift between every pair of evaluations (1 = same map)
+"""
+
+EXPLAIN_DESCRIPTION = """\
+Explain image files with DAVE: PNG overlays and the maps as tensors. Images go through timm's
+eval transform from the model's data config (resize, centre crop, normalise) when the model is
+or holds a timm model; otherwise they are resized to the model's input size and normalised with
+--mean/--std."""
+
+EXPLAIN_EPILOG = """\
+examples:
+  dave-lightning explain --timm-model vit_small_patch16_224 --weights vit_s.pth cat.jpg dog.jpg
+  dave-lightning explain --checkpoint last.ckpt --module my_pkg.models:LitViT images/ --target 3
+
+output files (in --out): <i>_<name>.png (image | DAVE overlay) per image, and maps.pt
+(maps (N, 1, H, W), targets, predictions, probabilities, files, settings;
+torch.load(path, weights_only=True) reads it).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args)
+    except UsageError as error:
+        message = " ".join(str(error).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], *args: object, **kwargs: object
+) -> None:
+    """Warnings as one line each, without the source line Python prints by default."""
+    print(f"{PROG}: {category.__name__}: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``dave-lightning`` and its subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="DAVE attribution maps for Vision Transformers, tracked during training.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_demo(commands)
+    _add_explain(commands)
+    _add_compare(commands)
+    return parser
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="train a tiny ViT on synthetic shapes offline and watch DAVEMonitor",
+        description="Train a tiny ViT on the offline synthetic shapes dataset with DAVEMonitor "
+        "and write its TensorBoard logs, snapshots and a short report.",
+    )
+    demo.add_argument(
+        "--epochs", type=_positive_int, metavar="N", help="training epochs (demo's default)"
+    )
+    demo.add_argument(
+        "--out", default="runs/demo", metavar="DIR", help="output directory (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--seed", type=_natural_int, default=0, metavar="N", help="random seed (default: 0)"
+    )
+    demo.add_argument("--fast", action="store_true", help="smaller, quicker run (a smoke test)")
+    demo.add_argument(
+        "--shortcut",
+        action="store_true",
+        help="plant a class-coloured corner marker that the model can learn instead of the shape",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.set_defaults(handler=run_demo_command)
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="DAVE maps of image files for a timm model or a Lightning checkpoint",
+        description=EXPLAIN_DESCRIPTION,
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
+    model = explain.add_argument_group("model (one of --timm-model or --checkpoint)")
+    choice = model.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--timm-model", metavar="NAME", help="timm architecture name")
+    choice.add_argument("--checkpoint", metavar="CKPT", help="Lightning checkpoint file")
+    model.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state dict for --timm-model (torch.save(model.state_dict())); the classifier is "
+        "resized to its number of classes; without it the model is randomly initialised "
+        "(nothing is downloaded)",
+    )
+    _add_module_options(model)
+    explain.add_argument(
+        "--target",
+        type=_explain_target,
+        default="pred",
+        metavar="N|pred",
+        help="class to explain: an index, or 'pred' for each image's prediction (default)",
+    )
+    explain.add_argument(
+        "--out",
+        default="dave_explain",
+        metavar="DIR",
+        help="output directory (default: %(default)s)",
+    )
+    _add_preprocessing_options(explain)
+    _add_engine_options(explain)
+    explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    explain.set_defaults(handler=run_explain_command)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="compare attributions across monitor snapshots or Lightning checkpoints",
+        description=COMPARE_DESCRIPTION,
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR_OR_SNAPSHOT",
+        help="DAVEMonitor log dirs, dave/ folders or step_*.pt snapshot files",
+    )
+    compare.add_argument(
+        "--steps",
+        nargs="+",
+        type=_natural_int,
+        metavar="STEP",
+        help="compare only the snapshots at these global steps (default: all)",
+    )
+    compare.add_argument(
+        "--out",
+        default="dave_compare",
+        metavar="DIR",
+        help="report directory (default: %(default)s)",
+    )
+    compare.add_argument("--tensorboard", metavar="DIR", help="also write a TensorBoard run to DIR")
+    checkpoints = compare.add_argument_group("checkpoint mode")
+    checkpoints.add_argument(
+        "--checkpoints", nargs="+", metavar="CKPT", help="Lightning checkpoint files to compare"
+    )
+    _add_module_options(checkpoints)
+    checkpoints.add_argument(
+        "--probe",
+        default="synthetic",
+        metavar="synthetic|DIR",
+        help="probe images: 'synthetic' (offline shapes with masks, default) or an "
+        "ImageFolder-style directory DIR/<class>/<image>, classes in sorted order",
+    )
+    checkpoints.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="object masks for --probe DIR: PNGs at the same relative paths (white = object)",
+    )
+    checkpoints.add_argument(
+        "--num-probe",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="probe images (default: %(default)s; a DIR probe takes them round-robin over classes)",
+    )
+    checkpoints.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=METRICS,
+        default=list(METRICS),
+        metavar="METRIC",
+        help=f"metrics to compute: {', '.join(METRICS)} (default: all)",
+    )
+    checkpoints.add_argument(
+        "--compare-methods",
+        nargs="*",
+        choices=tuple(COMPARE_METHODS),
+        default=["input_x_gradient"],
+        metavar="METHOD",
+        help=f"baselines evaluated next to DAVE: {', '.join(COMPARE_METHODS)} "
+        "(default: input_x_gradient; none when given without names)",
+    )
+    checkpoints.add_argument(
+        "--target",
+        choices=("label", "pred"),
+        default="label",
+        help="class to explain: the probe label (default) or the model's prediction",
+    )
+    _add_preprocessing_options(checkpoints)
+    _add_engine_options(compare)
+    compare.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    compare.set_defaults(handler=run_compare_command)
+
+
+def _add_module_options(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--module",
+        metavar="PKG.MOD:CLASS",
+        help="the LightningModule class of the checkpoint(s), built from their "
+        "hyper_parameters (the current directory is importable)",
+    )
+    group.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoint or weights files that need full unpickling, which can run code; "
+        "by default only tensors and plain data are loaded (torch.load(weights_only=True))",
+    )
+
+
+def _add_preprocessing_options(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="N",
+        help="model input size (default: read off the model's patch embedding)",
+    )
+    group.add_argument(
+        "--mean",
+        nargs=3,
+        type=float,
+        metavar=("R", "G", "B"),
+        help="normalisation mean (default: the timm data config, else ImageNet's)",
+    )
+    group.add_argument(
+        "--std",
+        nargs=3,
+        type=float,
+        metavar=("R", "G", "B"),
+        help="normalisation std (default: the timm data config, else ImageNet's)",
+    )
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    engine = parser.add_argument_group("DAVE engine")
+    engine.add_argument(
+        "--n-samples",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="transformed, noisy samples per image (default: %(default)s)",
+    )
+    engine.add_argument(
+        "--noise-alpha",
+        type=_unit_float,
+        default=0.5,
+        metavar="A",
+        help="noise level in [0, 1] (default: %(default)s; the paper uses 0.1 to 0.9 by family)",
+    )
+    engine.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="samples per forward/backward pass, the memory cap (default: automatic)",
+    )
+    engine.add_argument(
+        "--seed", type=_natural_int, default=0, metavar="N", help="DAVE's seed (default: 0)"
+    )
+    engine.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _natural_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _explain_target(text: str) -> int | str:
+    return "pred" if text == "pred" else _natural_int(text)
+
+
+# --------------------------------------------------------------------------------- handlers
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """``dave-lightning demo``: the offline demo (imported only when it runs)."""
+    from dave_lightning.demo import run_demo
+
+    return run_demo(
+        epochs=args.epochs,
+        out=args.out,
+        seed=args.seed,
+        fast=args.fast,
+        shortcut=args.shortcut,
+        quiet=args.quiet,
+    )
+
+
+def run_explain_command(args: argparse.Namespace) -> int:
+    """``dave-lightning explain``: overlays and maps of image files."""
+    from dave_lightning.explain import explain_images, load_timm_model, write_explanation
+    from dave_lightning.loading import import_class, load_lightning_module, preprocessing
+
+    if args.timm_model is not None:
+        if args.module is not None:
+            raise UsageError("--module goes with --checkpoint, not with --timm-model")
+        model = load_timm_model(args.timm_model, args.weights, trust=args.trust_checkpoint)
+    else:
+        if args.weights is not None:
+            raise UsageError("--weights goes with --timm-model; a checkpoint holds its weights")
+        if args.module is None:
+            raise UsageError(_NEEDS_MODULE.format(option="--checkpoint"))
+        cls = import_class(args.module)
+        model, _ = load_lightning_module(args.checkpoint, cls, trust=args.trust_checkpoint)
+    model.to(args.device)
+    transform, normal = preprocessing(
+        model, image_size=args.image_size, mean=args.mean, std=args.std
+    )
+    explanation = explain_images(
+        model,
+        args.images,
+        transform=transform,
+        normalization=normal,
+        target=args.target,
+        engine=_engine(args),
+        progress=not args.quiet,
+    )
+    write_explanation(explanation, args.out)
+    if not args.quiet:
+        print(f"explained {len(explanation.files)} images → {args.out}/ (PNG overlays, maps.pt)")
+    return 0
+
+
+_NEEDS_MODULE = (
+    "{option} needs --module pkg.mod:Class, the LightningModule class it was trained with"
+)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """``dave-lightning compare``: the report of snapshots or of checkpoints."""
+    from dave_lightning.compare import compare_checkpoints, compare_snapshots, write_report
+    from dave_lightning.snapshot import SnapshotError
+
+    if args.paths and args.checkpoints:
+        raise UsageError("give snapshot paths or --checkpoints, not both")
+    if args.checkpoints:
+        if args.module is None:
+            raise UsageError(_NEEDS_MODULE.format(option="--checkpoints"))
+        if args.steps is not None:
+            raise UsageError("--steps selects snapshots; with --checkpoints list the files")
+        comparison = compare_checkpoints(
+            args.checkpoints,
+            args.module,
+            probe=args.probe,
+            masks=args.masks,
+            num_probe=args.num_probe,
+            image_size=args.image_size,
+            mean=args.mean,
+            std=args.std,
+            engine=_engine(args),
+            metrics=args.metrics,
+            compare_methods=args.compare_methods,
+            target=args.target,
+            trust=args.trust_checkpoint,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    elif args.paths:
+        if args.module is not None:
+            raise UsageError("--module goes with --checkpoints; snapshots need no model")
+        try:
+            comparison = compare_snapshots(args.paths, steps=args.steps, progress=not args.quiet)
+        except SnapshotError as error:
+            raise UsageError(str(error)) from error
+    else:
+        raise UsageError(
+            "nothing to compare; pass DAVEMonitor run dirs or snapshot files, or "
+            "--checkpoints A.ckpt B.ckpt --module pkg.mod:Class"
+        )
+    write_report(comparison, args.out, tensorboard=args.tensorboard, progress=not args.quiet)
+    if not args.quiet:
+        count = comparison.evaluations[0].maps.shape[0]
+        print(
+            f"compared {len(comparison.evaluations)} evaluations of {count} probe images → "
+            f"{args.out}/ (metrics.md, drift.png, maps_probe_*.png)"
+        )
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> dict[str, object]:
+    """DAVE's keyword arguments from the engine options."""
+    return {
+        "n_samples": args.n_samples,
+        "noise_alpha": args.noise_alpha,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
