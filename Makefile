@@ -42,3 +42,4 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_callback.py
+	$(BIN)/python benchmarks/bench_compare.py
