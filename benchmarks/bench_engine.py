@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import timm
 import torch
+from _timing import timed
 
 from dave_lightning import DAVE
 from dave_lightning.attribution.effective import effective_mode
@@ -35,21 +34,6 @@ def build(device: str, n_images: int) -> tuple[torch.nn.Module, torch.Tensor, to
     model = timm.create_model(MODEL, pretrained=False).to(device).eval()
     images = torch.randn(n_images, 3, 224, 224, device=device)
     return model, images, torch.arange(n_images, device=device)
-
-
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def floor(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, n: int) -> None:

@@ -12,31 +12,14 @@ on the same perturbed images and chunks.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import timm
 import torch
+from _timing import timed
 
 from dave_lightning.metrics import baseline_images, deletion_curve
 
 MAX_FRACTION = 0.9
-
-
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
