@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -53,8 +53,7 @@ class DemoSettings:
     num_heads: int
     lr: float
     num_probe: int
-    n_samples: int
-    deletion_steps: int
+    monitor: dict[str, int] = field(default_factory=dict)  # DAVEMonitor settings besides defaults
     limit_train_batches: int | None = None
 
 
@@ -70,8 +69,6 @@ DEFAULT = DemoSettings(
     num_heads=3,
     lr=2e-3,
     num_probe=16,
-    n_samples=8,
-    deletion_steps=32,
 )
 FAST = DemoSettings(
     epochs=2,
@@ -84,8 +81,7 @@ FAST = DemoSettings(
     num_heads=2,
     lr=2e-3,
     num_probe=4,
-    n_samples=2,
-    deletion_steps=8,
+    monitor={"n_samples": 2, "deletion_steps": 8},
     limit_train_batches=2,
 )
 
@@ -410,7 +406,7 @@ def write_report(
 
 
 @contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Hide Lightning's info lines and the warnings that do not concern a demo user."""
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = log.level
@@ -462,12 +458,11 @@ def run_demo(
     monitor = DAVEMonitor(
         probe,
         num_probe=settings.num_probe,
-        n_samples=settings.n_samples,
-        deletion_steps=settings.deletion_steps,
         regions={"marker": data.marker_masks(settings.num_probe)} if shortcut else None,
         mean=data.mean,
         std=data.std,
         seed=seed,
+        **settings.monitor,
     )
     table = EvaluationTable(monitor, {**COLUMNS, **(MARKER_COLUMN if shortcut else {})}, not quiet)
     name = "shortcut" if shortcut else "shapes"
@@ -483,7 +478,7 @@ def run_demo(
             "after every epoch.",
             flush=True,
         )
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(
             max_epochs=settings.epochs,
             limit_train_batches=settings.limit_train_batches,
