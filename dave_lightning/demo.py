@@ -102,7 +102,7 @@ class ShapesDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        train_size: int = 4096,
+        train_size: int = 8192,
         val_size: int = 512,
         image_size: int = 64,
         num_classes: int = NUM_CLASSES,
@@ -226,7 +226,9 @@ class ShapesClassifier(pl.LightningModule):
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / (total - warmup), 1.0)))
+            return 0.5 * (
+                1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0))
+            )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {

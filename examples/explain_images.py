@@ -4,7 +4,7 @@ Shows the paper's progressive view per image: input × gradient, input × effect
 transformation, input × equivariant average (no noise) and DAVE.
 
     python examples/explain_images.py                      # synthetic probe images, demo model
-    python examples/explain_images.py --checkpoint runs/demo/shapes/version_0/checkpoints/last.ckpt
+    python examples/explain_images.py --checkpoint runs/demo/shapes/version_0/checkpoints/*.ckpt
     python examples/explain_images.py cat.jpg --model deit_small_patch16_224 --pretrained
 
 Without ``--checkpoint`` or ``--pretrained`` the model is randomly initialised: the maps then
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dave_lightning import DAVE, viz
@@ -71,23 +72,24 @@ def main() -> None:
     images = load_images(args.images, size, mean, std)
     with torch.no_grad():
         probabilities = model(images).softmax(1)
-    target = probabilities.argmax(1) if args.target is None else args.target
+    target = (
+        probabilities.argmax(1)
+        if args.target is None
+        else torch.full_like(probabilities[:, 0], args.target, dtype=torch.long)
+    )
     engine = DAVE(model, n_samples=args.n_samples, noise_alpha=args.noise_alpha, seed=0)
     maps = engine.attribute(images, target, return_components=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     images01 = viz.denormalize(images, mean, std)
-    for i in range(len(images)):
-        columns = [images01[i]] + [
-            viz.overlay(images01[i : i + 1], m[i : i + 1])[0] for m in maps.values()
-        ]
+    overlays = [viz.overlay(images01, m) for m in maps.values()]
+    zoom = max(1, 256 // size)  # small images are enlarged (nearest neighbour) to be seen
+    for i, label in enumerate(target.tolist()):
+        panel = viz.make_panel([images01[i]] + [overlay[i] for overlay in overlays])
         path = args.out / f"explain_{i}.png"
-        viz.save_png(viz.make_panel(columns), path)
-        label = int(target[i]) if isinstance(target, torch.Tensor) else target
-        print(
-            f"{path}: class {label} (p = {probabilities[i, label]:.2f}); columns: "
-            + ", ".join(TITLES)
-        )
+        viz.save_png(F.interpolate(panel[None], scale_factor=zoom)[0], path)
+        print(f"{path}: class {label} (p = {probabilities[i, label]:.2f})")
+    print("columns: " + ", ".join(TITLES))
 
 
 if __name__ == "__main__":
