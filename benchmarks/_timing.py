@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 
-def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
-    """Median wall time of ``repeats`` runs after one warm-up (CUDA work synchronised)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def timed_side_by_side(
+    fns: Sequence[Callable[[], object]], device: str, repeats: int
+) -> list[float]:
+    """Median wall time of each function over ``repeats`` rounds, after one warm-up each.
+
+    The functions run in turn within every round, in reverse order every other round, so a
+    change in machine load during the run affects all of them alike and their ratios stay
+    comparable. CUDA work is synchronised.
+    """
+    for fn in fns:
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for round_ in range(repeats):
+        order = list(zip(fns, times, strict=True))
+        for fn, fn_times in order if round_ % 2 == 0 else reversed(order):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            fn_times.append(time.perf_counter() - start)
+    return [statistics.median(fn_times) for fn_times in times]

@@ -15,7 +15,7 @@ import argparse
 
 import timm
 import torch
-from _timing import timed
+from _timing import timed_side_by_side
 
 from dave_lightning.metrics import baseline_images, deletion_curve
 
@@ -99,7 +99,7 @@ def main() -> None:
         ("per-point loop (1 image per call)", per_point, n),
         ("floor: the model forward alone, same chunks", floor, calls),
     ]
-    times = [timed(fn, args.device, args.repeats) for _, fn, _ in rows]
+    times = timed_side_by_side([fn for _, fn, _ in rows], args.device, args.repeats)
     print(
         f"deletion curves: {args.images} images × {args.steps} steps, tiny ViT (64 px, patch 8, "
         f"depth 2), device={args.device}, threads={torch.get_num_threads()}, "

@@ -9,6 +9,7 @@ that calls them (timm, torchvision, hand-written) is covered without patching it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,19 +20,23 @@ from torch.overrides import TorchFunctionMode
 
 
 class _GatedActivation(torch.autograd.Function):
-    """y = act(x) exactly; backward multiplies by the detached gate act(x)/x (1 where x = 0)."""
+    """y = act(x) exactly; backward multiplies by the detached gate g, where act(x) = x·g(x)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        act: Callable[[torch.Tensor], torch.Tensor],
+        gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> Any:
         y = act(x)
-        # act(x)/x is 0/0 = NaN exactly where x = 0: one in-place pass sets the gate to 1 there.
-        ctx.save_for_backward(torch.nan_to_num_(y / x, nan=1.0))
+        ctx.save_for_backward(gate(x, y))
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         (gate,) = ctx.saved_tensors
-        return grad * gate, None
+        return grad * gate, None, None
 
 
 class _EffectiveLayerNorm(torch.autograd.Function):
@@ -68,12 +73,28 @@ class _EffectiveLayerNorm(torch.autograd.Function):
         return grad_x, None, grad_weight, grad_bias, None
 
 
-def _gelu_exact(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
-
-
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
+
+
+def _ratio_gate(limit: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Gate y/x, and the activation's limit at 0 where x = 0 (one division, one in-place fix)."""
+
+    def gate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num_(y / x, nan=limit)
+
+    return gate
+
+
+def _input_gate(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Gate given by one elementwise kernel of x (sigmoid for SiLU, hardsigmoid for Hardswish)."""
+
+    def gate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return fn(x)
+
+    return gate
 
 
 def _kwarg(args: tuple, kwargs: dict, position: int, name: str, default: Any) -> Any:
@@ -84,15 +105,18 @@ def _kwarg(args: tuple, kwargs: dict, position: int, name: str, default: Any) ->
 
 
 def _gelu(args: tuple, kwargs: dict) -> torch.Tensor:
-    approximate = _kwarg(args, kwargs, 1, "approximate", "none")
-    return _GatedActivation.apply(args[0], _gelu_tanh if approximate == "tanh" else _gelu_exact)
+    tanh = _kwarg(args, kwargs, 1, "approximate", "none") == "tanh"
+    return _GatedActivation.apply(args[0], _gelu_tanh if tanh else F.gelu, _ratio_gate(0.5))
 
 
-def _gated(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[tuple, dict], torch.Tensor]:
+def _gated(
+    act: Callable[[torch.Tensor], torch.Tensor],
+    gate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[tuple, dict], torch.Tensor]:
     """Handler for an x·gate(x) activation whose extra arguments (``inplace``) do not matter."""
 
     def handle(args: tuple, kwargs: dict) -> torch.Tensor:
-        return _GatedActivation.apply(args[0], act)
+        return _GatedActivation.apply(args[0], act, gate)
 
     return handle
 
@@ -176,9 +200,9 @@ def _handlers() -> dict[Callable, Callable[[tuple, dict], Any]]:
         torch.layer_norm: _layer_norm,
         F.normalize: _normalize,
         F.gelu: _gelu,
-        F.silu: _gated(F.silu),
-        F.mish: _gated(F.mish),
-        F.hardswish: _gated(F.hardswish),
+        F.silu: _gated(F.silu, _input_gate(torch.sigmoid)),
+        F.mish: _gated(F.mish, _ratio_gate(math.tanh(math.log(2.0)))),
+        F.hardswish: _gated(F.hardswish, _input_gate(F.hardsigmoid)),
     }
     if hasattr(F, "rms_norm"):
         table[F.rms_norm] = _rms_norm

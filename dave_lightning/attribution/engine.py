@@ -167,7 +167,7 @@ class DAVE:
             if noisy:
                 keep = (1.0 - levels[sample_idx]).view(-1, 1, 1, 1)
                 noise = self._noise(image_idx, sample_idx, images.shape[1:])
-                warped = keep * warped + torch.sqrt(1.0 - keep**2) * noise
+                warped = torch.addcmul(noise.mul_(torch.sqrt(1.0 - keep**2)), keep, warped)
             grad = _target_gradient(self.model, source, warped, target[image_idx], effective=True)
             contribution = grad * source.detach()
             for image in image_idx.unique().tolist():
