@@ -38,7 +38,9 @@ class DAVEMonitor(pl.Callback):
     ``probe``: ``(images, labels[, masks])``, a ``Dataset``, a ``DataLoader`` or ``"val"`` (the
     first ``num_probe`` items of the first validation dataloader). Evaluations run before
     training (``at_start``), every ``every_n_epochs`` epochs and/or ``every_n_train_steps``
-    steps, and at the end (``at_end``). ``regions`` maps a name to (N, H, W) bool masks whose
+    steps, and at the end (``at_end``). The metrics that need extra model passes (stability,
+    grid_pg, deletion) run at the first evaluation and every ``slow_metrics_every``-th after it;
+    the others at every evaluation. ``regions`` maps a name to (N, H, W) bool masks whose
     attribution share is logged as ``dave/region_<name>``. See docs/callback.md for every tag.
     """
 
@@ -52,7 +54,7 @@ class DAVEMonitor(pl.Callback):
         every_n_train_steps: int | None = None,
         at_start: bool = True,
         at_end: bool = True,
-        n_samples: int = 16,
+        n_samples: int = 8,
         noise_alpha: float = 0.5,
         hflip_prob: float = 0.5,
         rotation: float = 20.0,
@@ -62,10 +64,11 @@ class DAVEMonitor(pl.Callback):
         batch_size: int | None = None,
         seed: int = 0,
         metrics: Sequence[str] | None = None,
+        slow_metrics_every: int = 3,
         compare_methods: Sequence[str] = ("input_x_gradient",),
         regions: Mapping[str, torch.Tensor] | None = None,
         grid_k: int = 2,
-        deletion_steps: int = 32,
+        deletion_steps: int = 16,
         deletion_baseline: str = "blur",
         log_images: bool = True,
         max_images: int = 8,
@@ -88,6 +91,7 @@ class DAVEMonitor(pl.Callback):
         check_int("max_images", max_images, minimum=0)
         check_int("grid_k", grid_k, minimum=1)
         check_int("deletion_steps", deletion_steps, minimum=2)
+        check_int("slow_metrics_every", slow_metrics_every, minimum=1)
         if target not in ("label", "pred"):
             raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
         if on_error not in ("warn", "raise"):
@@ -119,6 +123,7 @@ class DAVEMonitor(pl.Callback):
         self.at_start = at_start
         self.at_end = at_end
         self.metrics = metrics
+        self.slow_metrics_every = slow_metrics_every
         self.compare_methods = tuple(compare_methods)
         self.regions = regions
         self.grid_k = grid_k
@@ -258,8 +263,11 @@ class DAVEMonitor(pl.Callback):
     def _run_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+        slow_metrics = len(self.history) % self.slow_metrics_every == 0
         with torch.random.fork_rng(devices=cuda):
-            evaluation = self._evaluator.evaluate(self._logits_module(pl_module))
+            evaluation = self._evaluator.evaluate(
+                self._logits_module(pl_module), slow_metrics=slow_metrics
+            )
         maps = evaluation.maps["dave"]
         if self._previous_maps is not None:
             evaluation.metrics.update(drift_metrics(maps, self._previous_maps, "previous"))

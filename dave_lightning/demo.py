@@ -256,7 +256,9 @@ Columns: accuracies, then DAVE on the probe images: EnergyPG / GridPG = share of
 the object / on its own cell of a 2x2 grid (higher is better); stability = Spearman correlation
 of attr(T x) with T attr(x) for a small shift and rotation T; patch art = patch-grid artifact
 score (lower is better); del = pixel-deletion AUC (blur), least relevant first (LeRF, higher is
-better), most relevant first (MoRF, lower is better) and in random order (control)."""
+better), most relevant first (MoRF, lower is better) and in random order (control). GridPG,
+stability and deletion need extra model passes: they are computed at every third evaluation
+(DAVEMonitor's slow_metrics_every) and show "-" in between."""
 MARKER_LEGEND = "\nmarker = share of attribution on the shortcut marker."
 
 
@@ -322,12 +324,15 @@ def summary(rows: Sequence[dict[str, float]], shortcut: bool) -> list[str]:
             f"EnergyPG (share of DAVE attribution on the object) {verb}: {energy_first:.2f} "
             f"untrained, {energy_last:.2f} at the last evaluation."
         )
-        lerf, random = last["deletion_lerf_blur"], last["deletion_random_blur"]
-        verb = "keeps" if lerf > random else "does not keep"
-        lines.append(
-            f"Deleting the least relevant pixels first {verb} the class probability higher than "
-            f"a random order (deletion AUC {lerf:.2f} against {random:.2f})."
-        )
+        deleted = [row for row in rows if "deletion_lerf_blur" in row]
+        if deleted:
+            lerf, random = deleted[-1]["deletion_lerf_blur"], deleted[-1]["deletion_random_blur"]
+            verb = "keeps" if lerf > random else "does not keep"
+            lines.append(
+                f"Deleting the least relevant pixels first {verb} the class probability higher "
+                f"than a random order (deletion AUC {lerf:.2f} against {random:.2f} at epoch "
+                f"{deleted[-1]['epoch']})."
+            )
         return lines
     peak = max(rows, key=lambda row: row["energy_pg"])
     marker_first, marker_last = first["region_marker"], last["region_marker"]

@@ -23,7 +23,10 @@ COMPARE_METHODS: dict[str, type[InputXGradient] | type[InputXEffective]] = {
     "input_x_gradient": InputXGradient,
     "input_x_effective": InputXEffective,
 }
-DELETION_ORDERS = ("lerf", "morf", "random")
+# Orders that depend on the map; the random order is one control per evaluation, shared.
+DELETION_ORDERS = ("lerf", "morf")
+# Metrics that need extra model passes beyond the maps (the rest only read the maps).
+SLOW_METRICS = ("stability", "grid_pg", "deletion")
 MAX_GRIDS = 4
 
 AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,8 +97,11 @@ class ProbeEvaluator:
             "probe_sha256": self.probe.digest(),
         }
 
-    def evaluate(self, model: nn.Module) -> Evaluation:
-        """Maps, predictions and metrics of ``model`` (images → logits) on the probe."""
+    def evaluate(self, model: nn.Module, *, slow_metrics: bool = True) -> Evaluation:
+        """Maps, predictions and metrics of ``model`` (images → logits) on the probe.
+
+        ``slow_metrics=False`` leaves out :data:`SLOW_METRICS`, which need extra model passes.
+        """
         with attribution_context(model):
             device = model_device(model)
             images = self.probe.images.to(device)
@@ -111,9 +117,15 @@ class ProbeEvaluator:
             evaluation.metrics["probe_accuracy"] = float(
                 (predictions.cpu() == self.probe.labels).float().mean()
             )
+            metrics = [m for m in self.metrics if slow_metrics or m not in SLOW_METRICS]
             for name, attribute in methods.items():
                 prefix = "" if name == "dave" else f"{name}/"
-                self._map_metrics(model, images, targets, name, attribute, prefix, evaluation)
+                self._map_metrics(
+                    model, images, targets, name, attribute, prefix, metrics, evaluation
+                )
+            if "deletion" in metrics:  # the random-order control, once for all methods
+                dave_maps = evaluation.maps["dave"]
+                self._deletion(model, images, targets, dave_maps, "random", "", evaluation)
         return evaluation
 
     def _methods(self, model: nn.Module) -> dict[str, AttributeFn]:
@@ -131,24 +143,25 @@ class ProbeEvaluator:
         method: str,
         attribute: AttributeFn,
         prefix: str,
+        metrics: Sequence[str],
         evaluation: Evaluation,
     ) -> None:
         maps = evaluation.maps[method]
         values: dict[str, torch.Tensor] = {}
-        if "energy_pg" in self.metrics and self.probe.masks is not None:
+        if "energy_pg" in metrics and self.probe.masks is not None:
             values["energy_pg"] = M.energy_pointing_game(maps, self.probe.masks)
         for region, masks in (self.probe.regions or {}).items():
             values[f"region_{region}"] = M.energy_pointing_game(maps, masks)
-        if "gini" in self.metrics:
+        if "gini" in metrics:
             values["gini"] = M.gini(maps)
         patch = patch_size(model)
-        if "patch_artifact" in self.metrics and patch is not None:
+        if "patch_artifact" in metrics and patch is not None:
             values["patch_artifact"] = M.patch_artifact_score(maps, patch)
-        if "stability" in self.metrics:
+        if "stability" in metrics:
             stability = M.stability(attribute, images, targets, maps=maps.to(images.device))
             for key, value in stability.items():
                 values[f"stability_{key}"] = value
-        if self.grid is not None:
+        if self.grid is not None and "grid_pg" in metrics:
             cells = self.grid_k**2
             grid_maps = attribute(
                 self.grid.images.to(images.device).repeat_interleave(cells, 0),
@@ -157,25 +170,35 @@ class ProbeEvaluator:
             values["grid_pg"] = M.grid_pointing_game(
                 grid_maps, self.grid_k, self.grid.cells.flatten()
             )
-        if "deletion" in self.metrics:
-            for order in DELETION_ORDERS:
-                name = f"deletion_{order}_{self.deletion_baseline}"
-                fractions, probabilities = M.deletion_curve(
-                    model,
-                    images,
-                    targets,
-                    maps.to(images.device),
-                    order=order,
-                    baseline=self.deletion_baseline,
-                    steps=self.deletion_steps,
-                )
-                values[name] = M.curve_auc(fractions, probabilities)
-                evaluation.curves[prefix + name] = (
-                    fractions.cpu(),
-                    probabilities.nanmean(0).cpu(),
-                )
         for key, value in values.items():
             evaluation.metrics[prefix + key] = float(value.float().nanmean())
+        if "deletion" in metrics:
+            for order in DELETION_ORDERS:
+                self._deletion(model, images, targets, maps, order, prefix, evaluation)
+
+    def _deletion(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        maps: torch.Tensor,
+        order: str,
+        prefix: str,
+        evaluation: Evaluation,
+    ) -> None:
+        """One deletion curve: its AUC as a metric and its probe-mean curve for the figure."""
+        name = f"deletion_{order}_{self.deletion_baseline}"
+        fractions, probabilities = M.deletion_curve(
+            model,
+            images,
+            targets,
+            maps.to(images.device),
+            order=order,
+            baseline=self.deletion_baseline,
+            steps=self.deletion_steps,
+        )
+        evaluation.metrics[prefix + name] = float(M.curve_auc(fractions, probabilities).nanmean())
+        evaluation.curves[prefix + name] = (fractions.cpu(), probabilities.nanmean(0).cpu())
 
     def _grid_probe(self) -> M.GridProbe | None:
         """Grids of distinct classes composed once from the probe, or None (with a warning)."""

@@ -59,25 +59,33 @@ def events(log_dir: str | Path) -> EventAccumulator:
 
 
 def test_fit_logs_scalars_images_and_snapshots_at_each_evaluation(tmp_path: Path) -> None:
-    monitor = DAVEMonitor(random_data(8, seed=5), **FAST)
+    monitor = DAVEMonitor(random_data(8, seed=5), slow_metrics_every=2, **FAST)
     trainer, _ = fit(tmp_path, [monitor])
     accumulator = events(trainer.log_dir)
     images = accumulator.Tags()["images"]
+    scalars = accumulator.Tags()["scalars"]
     for tag in (
         "dave/energy_pg",
-        "dave/grid_pg",
-        "dave/stability_spearman",
-        "dave/deletion_lerf_blur",
-        "dave/deletion_random_blur",
         "dave/gini",
         "dave/patch_artifact",
         "dave/probe_accuracy",
         "dave/input_x_gradient/energy_pg",
     ):
         assert [event.step for event in accumulator.Scalars(tag)] == [0, 3, 6], tag
+    # the slow metrics run at the first evaluation and every second one after it
+    for tag in (
+        "dave/grid_pg",
+        "dave/stability_spearman",
+        "dave/deletion_lerf_blur",
+        "dave/deletion_random_blur",
+        "dave/input_x_gradient/deletion_morf_blur",
+    ):
+        assert [event.step for event in accumulator.Scalars(tag)] == [0, 6], tag
+    assert "dave/input_x_gradient/deletion_random_blur" not in scalars  # one shared control
     assert [e.step for e in accumulator.Scalars("dave/drift_first_spearman")] == [3, 6]
-    for tag in ("dave/probe/0", "dave/probe/1", "dave/probe_grid", "dave/deletion_curves"):
+    for tag in ("dave/probe/0", "dave/probe/1", "dave/probe_grid"):
         assert [event.step for event in accumulator.Images(tag)] == [0, 3, 6], tag
+    assert [event.step for event in accumulator.Images("dave/deletion_curves")] == [0, 6]
     assert "dave/probe/2" not in images  # max_images=2
     (progression,) = accumulator.Images("dave/progression/0")
     assert progression.step == 6 and progression.width > progression.height
@@ -112,11 +120,12 @@ def test_training_is_unchanged_by_the_monitor(tmp_path: Path) -> None:
 
 def test_resume_continues_schedule_and_drift_reference(tmp_path: Path) -> None:
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    first = DAVEMonitor(random_data(6, seed=2), metrics=CHEAP_METRICS, **FAST)
+    metrics = (*CHEAP_METRICS, "deletion")
+    first = DAVEMonitor(random_data(6, seed=2), metrics=metrics, slow_metrics_every=2, **FAST)
     fit(tmp_path, [first, checkpoint], epochs=1, enable_checkpointing=True)
     assert [entry["global_step"] for entry in first.history] == [0, 3]
 
-    resumed = DAVEMonitor(random_data(6, seed=2), metrics=CHEAP_METRICS, **FAST)
+    resumed = DAVEMonitor(random_data(6, seed=2), metrics=metrics, slow_metrics_every=2, **FAST)
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(
         max_epochs=2,
@@ -131,6 +140,12 @@ def test_resume_continues_schedule_and_drift_reference(tmp_path: Path) -> None:
         TinyClassifier(), loader(24), loader(16, seed=1), ckpt_path=checkpoint.last_model_path
     )
     assert [entry["global_step"] for entry in resumed.history] == [0, 3, 6]
+    # the slow-metric cadence continues: evaluations 0 and 2 (steps 0 and 6), not 1
+    assert ["deletion_lerf_blur" in entry["metrics"] for entry in resumed.history] == [
+        True,
+        False,
+        True,
+    ]
     assert torch.equal(resumed._first_maps, first._first_maps)
     last = resumed.history[-1]["metrics"]
     assert 0 < last["drift_first_cosine"] < 1 and "drift_previous_cosine" in last
