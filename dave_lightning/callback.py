@@ -295,6 +295,7 @@ class DAVEMonitor(pl.Callback):
             global_step=step,
             settings=settings,
             labels=self._probe.labels,
+            images=None if self.history else self._probe.images,
         )
 
     def _log_progression(self, step: int) -> None:

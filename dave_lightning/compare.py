@@ -117,11 +117,13 @@ def compare_snapshots(
         for (path, record), run_dir in zip(records, run_dirs, strict=True)
     ]
     last = records[-1][1]
+    # the monitor stores the probe images in a run's first snapshot only
+    with_images = next((record for _, record in records if "images" in record), last)
     return Comparison(
         evaluations=evaluations,
         drift=drift_matrix([e.maps for e in evaluations], progress=progress),
         settings=dict(last["settings"]),
-        images01=_snapshot_images(last),
+        images01=_snapshot_images(with_images),
     )
 
 

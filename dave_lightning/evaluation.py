@@ -39,7 +39,8 @@ class Evaluation:
     ``maps``: method → (N, 1, H, W), DAVE under ``"dave"`` first. ``metrics``: flat name →
     value; DAVE's under the metric name (``energy_pg``), other methods' under
     ``<method>/<metric>``. ``curves``: ``<method>/deletion_<order>_<baseline>`` → (fractions,
-    mean probability over the probe).
+    mean probability over the probe); the random-order control, which does not depend on the
+    maps, appears once, under DAVE's names.
     """
 
     maps: dict[str, torch.Tensor]

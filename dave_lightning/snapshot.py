@@ -37,8 +37,13 @@ def save_snapshot(
     global_step: int,
     settings: dict[str, Any],
     labels: torch.Tensor,
+    images: torch.Tensor | None = None,
 ) -> Path:
-    """Write one evaluation; returns the file's path."""
+    """Write one evaluation; returns the file's path.
+
+    ``images``: the probe images as the model sees them, for overlays in ``compare``; the
+    monitor stores them in the first snapshot of a run only, to keep the others small.
+    """
     path = snapshot_path(directory, global_step)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -55,6 +60,8 @@ def save_snapshot(
         "global_step": int(global_step),
         "settings": settings,
     }
+    if images is not None:
+        record["images"] = images
     temporary = path.with_suffix(".tmp")
     torch.save(record, temporary)
     temporary.replace(path)

@@ -93,7 +93,10 @@ def test_fit_logs_scalars_images_and_snapshots_at_each_evaluation(tmp_path: Path
     assert energy == [entry["metrics"]["energy_pg"] for entry in monitor.history]
     paths = list_snapshots(Path(trainer.log_dir) / "dave")
     assert [p.name for p in paths] == ["step_00000000.pt", "step_00000003.pt", "step_00000006.pt"]
+    # the run's first snapshot carries the probe images (for overlays in compare), no other
+    assert torch.equal(load_snapshot(paths[0])["images"], monitor._probe.images)
     record = load_snapshot(paths[-1])
+    assert "images" not in record
     assert record["maps"].shape == (8, 1, 32, 32)
     assert record["metrics"]["energy_pg"] == pytest.approx(energy[-1])
     assert record["epoch"] == 1 and record["global_step"] == 6
