@@ -13,6 +13,7 @@ from dave_lightning.attribution.aggregation import (
     robust_mean,
     sample_order,
 )
+from dave_lightning.attribution.model_info import patch_size
 from dave_lightning.attribution.postprocess import bilateral_filter, postprocess
 
 
@@ -151,6 +152,19 @@ def test_every_vit_family(name: str) -> None:
     maps = DAVE(model, n_samples=2).attribute(images, torch.tensor([1, 4]))
     assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
     assert maps.amax() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("timm_vit", 8), ("swin", 4), ("torchvision_vit", 8), ("hybrid", 32)]
+)
+def test_patch_size_is_the_stride_of_the_token_grid(name: str, expected: int) -> None:
+    if name == "hybrid":  # ResNet stem (first conv stride 2), then 8 px patches of its features
+        model = timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, num_classes=3)
+        tokens = model.forward_features(torch.randn(1, 3, 64, 64)).shape[1] - 1  # minus class
+        assert 64 / tokens**0.5 == expected
+    else:
+        model = MODEL_ZOO[name]()
+    assert patch_size(nn.Sequential(model)) == expected  # found inside a wrapping module too
 
 
 def test_noise_alpha_from_the_reference_table() -> None:

@@ -31,7 +31,18 @@ def input_channels(model: nn.Module) -> int | None:
 
 
 def patch_size(model: nn.Module) -> int | None:
-    """Patch size of a ViT's patch embedding (the stem convolution's stride along height)."""
+    """Height in pixels of the patch one token sees (the token grid's stride).
+
+    timm's patch embedding reports its total reduction (convolutional stems of hybrid ViTs
+    included), torchvision's ViT its ``patch_size``; otherwise the first convolution's stride.
+    """
+    for module in model.modules():
+        embed = getattr(module, "patch_embed", None)
+        if callable(getattr(embed, "feat_ratio", None)):
+            return int(embed.feat_ratio(as_scalar=False)[0])
+        size = getattr(module, "patch_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
     conv = first_conv(model)
     return None if conv is None else int(conv.stride[0])
 
