@@ -39,9 +39,10 @@ class DAVEMonitor(pl.Callback):
     first ``num_probe`` items of the first validation dataloader). Evaluations run before
     training (``at_start``), every ``every_n_epochs`` epochs and/or ``every_n_train_steps``
     steps, and at the end (``at_end``). The metrics that need extra model passes (stability,
-    grid_pg, deletion) run at the first evaluation and every ``slow_metrics_every``-th after it;
-    the others at every evaluation. ``regions`` maps a name to (N, H, W) bool masks whose
-    attribution share is logged as ``dave/region_<name>``. See docs/callback.md for every tag.
+    grid_pg, deletion) run at the first evaluation, every ``slow_metrics_every``-th after it and
+    the last one of the fit; the others at every evaluation. ``regions`` maps a name to (N, H, W)
+    bool masks whose attribution share is logged as ``dave/region_<name>``. See
+    docs/callback.md for every tag.
     """
 
     def __init__(
@@ -226,26 +227,28 @@ class DAVEMonitor(pl.Callback):
     ) -> None:
         step = trainer.global_step
         if self.every_n_train_steps and step > 0 and step % self.every_n_train_steps == 0:
-            self._evaluate(trainer, pl_module)
+            self._evaluate(trainer, pl_module, last=0 < trainer.max_steps <= step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._evaluate(trainer, pl_module)
+            self._evaluate(trainer, pl_module, last=_fit_ends_after_this_epoch(trainer))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_end:
-            self._evaluate(trainer, pl_module)
+            self._evaluate(trainer, pl_module, last=True)
         if self._sink is not None and trainer.is_global_zero and self.history:
             self._guarded(trainer.global_step, self._log_progression, trainer.global_step)
 
     # ------------------------------------------------------------- evaluation
 
-    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """One evaluation at the current step (at most one per step)."""
+    def _evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, last: bool = False
+    ) -> None:
+        """One evaluation at the current step (at most one per step); ``last``: of the fit."""
         step = trainer.global_step
         if self._evaluator is None or step == self._last_step:
             return
-        self._guarded(step, self._run_evaluation, trainer, pl_module)
+        self._guarded(step, self._run_evaluation, trainer, pl_module, last)
 
     def _guarded(self, step: int, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn``; with ``on_error="warn"`` a failure warns and training goes on."""
@@ -260,10 +263,12 @@ class DAVEMonitor(pl.Callback):
                 "on_error='raise' to stop on such errors."
             )
 
-    def _run_evaluation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _run_evaluation(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, last: bool
+    ) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
-        slow_metrics = len(self.history) % self.slow_metrics_every == 0
+        slow_metrics = last or len(self.history) % self.slow_metrics_every == 0
         with torch.random.fork_rng(devices=cuda):
             evaluation = self._evaluator.evaluate(
                 self._logits_module(pl_module), slow_metrics=slow_metrics
@@ -341,6 +346,16 @@ class _ForwardFnModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_fn(self.module, images)
+
+
+def _fit_ends_after_this_epoch(trainer: pl.Trainer) -> bool:
+    """At an epoch's end: whether the fit stops now (max_epochs, max_steps or a stop request)."""
+    max_epochs = trainer.max_epochs
+    return (
+        trainer.should_stop
+        or (max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
+        or 0 < trainer.max_steps <= trainer.global_step
+    )
 
 
 def _val_dataloader(trainer: pl.Trainer) -> DataLoader:

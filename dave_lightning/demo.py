@@ -258,7 +258,7 @@ of attr(T x) with T attr(x) for a small shift and rotation T; patch art = patch-
 score (lower is better); del = pixel-deletion AUC (blur), least relevant first (LeRF, higher is
 better), most relevant first (MoRF, lower is better) and in random order (control). GridPG,
 stability and deletion need extra model passes: they are computed at every third evaluation
-(DAVEMonitor's slow_metrics_every) and show "-" in between."""
+and the last one (DAVEMonitor's slow_metrics_every) and show "-" in between."""
 MARKER_LEGEND = "\nmarker = share of attribution on the shortcut marker."
 
 
