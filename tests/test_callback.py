@@ -152,6 +152,21 @@ def test_resume_continues_schedule_and_drift_reference(tmp_path: Path) -> None:
     assert 0 < last["drift_first_cosine"] < 1 and "drift_previous_cosine" in last
 
 
+class _StopAfterFirstValidation(pl.Callback):
+    """Asks the trainer to stop after the first validation, as EarlyStopping does."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = not trainer.sanity_checking
+
+
+def test_a_stop_request_makes_that_evaluation_the_last_with_slow_metrics(tmp_path: Path) -> None:
+    metrics = (*CHEAP_METRICS, "deletion")
+    monitor = DAVEMonitor(random_data(6, seed=2), metrics=metrics, slow_metrics_every=5, **FAST)
+    fit(tmp_path, [_StopAfterFirstValidation(), monitor], epochs=5, logger=False)
+    assert [entry["global_step"] for entry in monitor.history] == [0, 3]
+    assert all("deletion_lerf_blur" in entry["metrics"] for entry in monitor.history)
+
+
 def test_state_dict_round_trip() -> None:
     monitor = DAVEMonitor(random_data(4))
     monitor.history = [{"epoch": 0, "global_step": 5, "metrics": {"gini": 0.5}}]
