@@ -37,22 +37,24 @@ def build(device: str, n_images: int) -> tuple[torch.nn.Module, torch.Tensor, to
     return model, images, torch.arange(n_images, device=device)
 
 
-def model_inputs(images: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
-    """The 2·N images DAVE feeds the model: each image transformed and noised N times.
+def model_inputs(engine: DAVE, images: torch.Tensor) -> torch.Tensor:
+    """The 2·N images DAVE feeds the model: each image transformed and noised N times, with the
+    engine's own settings.
 
     The floor runs on these rather than on N copies of the clean images because the speed of
     the CPU kernels depends a little on the values (a noisy input costs ~3 % more).
     """
+    n = engine.n_samples
     generator = torch.Generator().manual_seed(1)
     params = sample_affine(
         len(images) * n,
         generator=generator,
-        hflip_prob=0.5,
-        rotation=20,
-        translation=0.1,
-        scale=(0.9, 1.1),
+        hflip_prob=engine.hflip_prob,
+        rotation=engine.rotation,
+        translation=engine.translation,
+        scale=engine.scale,
     )
-    keep = (1 - torch.linspace(0, alpha, n)).repeat(len(images)).view(-1, 1, 1, 1)
+    keep = (1 - torch.linspace(0, engine.noise_alpha, n)).repeat(len(images)).view(-1, 1, 1, 1)
     keep = keep.to(images.device)
     noise = torch.randn(len(images) * n, *images.shape[1:], generator=generator)
     warped = warp(images.repeat_interleave(n, 0), params)
@@ -184,7 +186,7 @@ def main() -> None:
     n = args.n_samples
     model, images, target = build(args.device, 2)
     engine = DAVE(model, n_samples=n, noise_alpha=0.5, batch_size=2 * n)
-    inputs, targets = model_inputs(images, n, 0.5), target.repeat_interleave(n)
+    inputs, targets = model_inputs(engine, images), target.repeat_interleave(n)
     print(
         f"{MODEL} random init, 2 images at 224 px, n_samples={n}, device={args.device}, "
         f"threads={torch.get_num_threads()}"
