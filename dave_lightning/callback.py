@@ -1,48 +1,81 @@
-"""DAVEMonitor: track what a ViT looks at while it trains (DESIGN §1, §4, §6).
+"""DAVEMonitor: track what a ViT looks at while it trains (docs/callback.md).
 
-Periodically runs DAVE and the explanation metrics on a fixed probe, logs scalars to every
-logger and images to TensorBoard, and saves a snapshot per evaluation. It never changes what
-training computes: the model's modes, ``requires_grad`` flags, ``.grad`` fields and the global
-RNG come back exactly as they were, and a failing evaluation only warns (unless
-``on_error="raise"``).
+Periodically runs DAVE and the explanation metrics on a fixed probe, logs scalars and pictures
+to every logger of the Trainer, puts the metrics in ``trainer.callback_metrics`` and saves a
+snapshot per evaluation. The callback orchestrates only: the evaluator computes, the sinks draw,
+the snapshot module writes. It never changes what training computes: modes, ``requires_grad``
+flags, ``.grad`` fields and the global RNG come back exactly as they were, and a failing
+evaluation only warns (unless ``on_error="raise"``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dave_lightning import viz
-from dave_lightning.attribution.engine import check_settings
-from dave_lightning.attribution.model_info import input_channels
-from dave_lightning.evaluation import METRICS, ProbeEvaluator, check_names, drift_metrics
-from dave_lightning.probe import Probe, build_probe
-from dave_lightning.reporting import ImageSink, log_evaluation, log_progression
-from dave_lightning.snapshot import list_snapshots, load_snapshot, save_snapshot
-from dave_lightning.validation import check_int
+from dave_lightning import panels, viz
+from dave_lightning.attribution import DAVESettings
+from dave_lightning.evaluation import (
+    Evaluation,
+    EvaluationOptions,
+    ItemResults,
+    ProbeEvaluator,
+    Shard,
+    merge_shards,
+)
+from dave_lightning.metrics.registry import METRICS
+from dave_lightning.models import ModelAdapter
+from dave_lightning.models.adapter import ForwardFn
+from dave_lightning.models.encoding import resolve_encoding
+from dave_lightning.probe import Probe, build_probe, val_dataloader
+from dave_lightning.sinks import ImageSink, sinks_for_loggers
+from dave_lightning.snapshot import list_snapshots, load_evaluation, save_snapshot
+from dave_lightning.validation import check_choice, check_int
 
-ForwardFn = Callable[[pl.LightningModule, torch.Tensor], torch.Tensor]
+STATE_VERSION = 2
 
 
 class DAVEMonitor(pl.Callback):
     """Log DAVE heatmaps and explanation-quality metrics of a fixed probe during training.
 
-    ``probe``: ``(images, labels[, masks])``, a ``Dataset``, a ``DataLoader`` or ``"val"`` (the
-    first ``num_probe`` items of the first validation dataloader). Evaluations run before
-    training (``at_start``), every ``every_n_epochs`` epochs and/or ``every_n_train_steps``
-    steps, and at the end (``at_end``). The metrics that need extra model passes (stability,
-    grid_pg, deletion) run at the first evaluation, every ``slow_metrics_every``-th after it and
-    the last one of the fit; the others at every evaluation. ``regions`` maps a name to (N, H, W)
-    bool masks whose attribution share is logged as ``dave/region_<name>``. See
-    docs/callback.md for every tag.
+    Args:
+        probe: ``(images, labels[, masks])``, a ``Dataset``, a ``DataLoader`` or ``"val"`` (the
+            first ``num_probe`` items of the first validation dataloader).
+        num_probe: probe images taken from the source.
+        target: explain the ``"label"`` or the model's prediction (``"pred"``).
+        every_n_epochs, every_n_train_steps: the schedule (``0``/``None`` turns one off).
+        at_start, at_end: also evaluate before training and at its end.
+        n_samples, noise_alpha, hflip_prob, rotation, translation, scale, aggregation,
+            batch_size, seed, target_reliability, max_samples: DAVE's settings, as in
+            :class:`dave_lightning.DAVE`; ``batch_size`` caps the images of every model pass.
+        metrics: the metrics to compute (default: all registered ones).
+        slow_metrics_every: the metrics that need extra model passes run at the first
+            evaluation, every n-th after it and the last one of the fit.
+        compare_methods: attribution methods computed and logged beside DAVE.
+        regions: ``{name: (N, H, W) bool masks}`` whose attribution share is logged.
+        grid_k, deletion_steps, deletion_baseline: grid pointing game and deletion settings.
+        log_images, max_images: pictures to every logger, for this many probe images.
+        mean, std: the probe's normalisation, for display (default: the model's own).
+        forward_fn: ``forward_fn(pl_module, images)`` when the module's output holds no logits.
+        input_encoding: ``"add_inverse"`` for B-cos inputs ``[x, 1 − x]`` (default: the
+            model's own, else detected from the probe).
+        snapshot_dir: where snapshots go (default ``<log_dir>/<name>``).
+        name: the prefix of every tag and the snapshot folder; give each monitor of a Trainer
+            its own.
+        on_error: ``"warn"`` skips a failing evaluation, ``"raise"`` stops the fit.
+
+    Raises:
+        TypeError, ValueError: for a bad option here, and for a probe the model cannot take
+            in ``setup``, before the first training step.
     """
 
     def __init__(
@@ -56,7 +89,7 @@ class DAVEMonitor(pl.Callback):
         at_start: bool = True,
         at_end: bool = True,
         n_samples: int = 8,
-        noise_alpha: float = 0.5,
+        noise_alpha: float | None = 0.5,
         hflip_prob: float = 0.5,
         rotation: float = 20.0,
         translation: float = 0.1,
@@ -64,6 +97,8 @@ class DAVEMonitor(pl.Callback):
         aggregation: str = "mad",
         batch_size: int | None = None,
         seed: int = 0,
+        target_reliability: float | None = None,
+        max_samples: int | None = None,
         metrics: Sequence[str] | None = None,
         slow_metrics_every: int = 3,
         compare_methods: Sequence[str] = ("input_x_gradient",),
@@ -76,7 +111,9 @@ class DAVEMonitor(pl.Callback):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         forward_fn: ForwardFn | None = None,
+        input_encoding: str | None = None,
         snapshot_dir: str | Path | None = None,
+        name: str = "dave",
         on_error: str = "warn",
     ) -> None:
         if not (isinstance(probe, (tuple, Dataset, DataLoader)) or probe == "val"):
@@ -90,133 +127,187 @@ class DAVEMonitor(pl.Callback):
         if every_n_train_steps is not None:
             check_int("every_n_train_steps", every_n_train_steps, minimum=1)
         check_int("max_images", max_images, minimum=0)
-        check_int("grid_k", grid_k, minimum=1)
-        check_int("deletion_steps", deletion_steps, minimum=2)
         check_int("slow_metrics_every", slow_metrics_every, minimum=1)
-        if target not in ("label", "pred"):
-            raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
-        if on_error not in ("warn", "raise"):
-            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
-        metrics = METRICS if metrics is None else tuple(metrics)
-        check_names(metrics, compare_methods)
-        for name, values in (("mean", mean), ("std", std)):
+        check_choice("on_error", on_error, ("warn", "raise"))
+        if regions is not None and not isinstance(regions, Mapping):
+            raise TypeError(
+                f"regions must map a name to (N, H, W) bool masks, got {type(regions).__name__}"
+            )
+        for label, values in (("mean", mean), ("std", std)):
             if values is not None and len(values) not in (1, 3):
-                raise ValueError(f"{name} must hold 1 or 3 values (per channel), got {values}")
+                raise ValueError(f"{label} must hold 1 or 3 values (per channel), got {values}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError("forward_fn must be callable as forward_fn(pl_module, images)")
-        self.engine = {
-            "n_samples": n_samples,
-            "noise_alpha": noise_alpha,
-            "hflip_prob": hflip_prob,
-            "rotation": rotation,
-            "translation": translation,
-            "scale": tuple(scale),
-            "aggregation": aggregation,
-            "batch_size": batch_size,
-            "seed": seed,
-        }
-        check_settings(**self.engine)
-        self.probe_source = probe
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ValueError(f"name must be a non-empty tag prefix without spaces, got {name!r}")
+        self.engine = DAVESettings(
+            n_samples=n_samples,
+            noise_alpha=noise_alpha,
+            hflip_prob=hflip_prob,
+            rotation=rotation,
+            translation=translation,
+            scale=scale,
+            aggregation=aggregation,
+            batch_size=batch_size,
+            seed=seed,
+            target_reliability=target_reliability,
+            max_samples=max_samples,
+        )
+        self.options = EvaluationOptions(
+            metrics=() if metrics is None else tuple(metrics),
+            compare_methods=tuple(compare_methods),
+            target=target,
+            grid_k=grid_k,
+            deletion_steps=deletion_steps,
+            deletion_baseline=deletion_baseline,
+        )
         self.num_probe = num_probe
-        self.target = target
         self.every_n_epochs = every_n_epochs
         self.every_n_train_steps = every_n_train_steps
         self.at_start = at_start
         self.at_end = at_end
-        self.metrics = metrics
         self.slow_metrics_every = slow_metrics_every
-        self.compare_methods = tuple(compare_methods)
         self.regions = regions
-        self.grid_k = grid_k
-        self.deletion_steps = deletion_steps
-        self.deletion_baseline = deletion_baseline
         self.log_images = log_images
         self.max_images = max_images
-        self.mean = mean
-        self.std = std
+        self.mean, self.std = mean, std
         self.forward_fn = forward_fn
+        self.input_encoding = input_encoding
         self.snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
+        self.name = name
         self.on_error = on_error
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
         self._first_maps: torch.Tensor | None = None
         self._previous_maps: torch.Tensor | None = None
-        self._probe: Probe | None = None
+        self._probe_source = probe
+        self.probe: Probe | None = (
+            None if probe == "val" else build_probe(probe, num_probe, regions)
+        )
+        self._adapter: ModelAdapter | None = None
         self._evaluator: ProbeEvaluator | None = None
-        self._sink: ImageSink | None = None
+        self._sinks: list[ImageSink] = []
+        self._images01: torch.Tensor | None = None
+        self._normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
-    # ------------------------------------------------------------------ setup
+    # -------------------------------------------------------------------------- identity
+
+    @property
+    def state_key(self) -> str:
+        """Tells monitors apart in checkpoints: name, probe and what determines the numbers."""
+        probe = f"val[{self.num_probe}]" if self.probe is None else self.probe.digest()[:16]
+        return self._generate_state_key(name=self.name, probe=probe, settings=self._settings_id())
+
+    def _identity(self) -> dict[str, Any]:
+        """The settings that make two evaluations comparable (everything but the memory cap)."""
+        engine = self.engine.to_dict()
+        engine.pop("batch_size")
+        return {"engine": engine, **self.options.to_dict()}
+
+    def _settings_id(self) -> str:
+        text = json.dumps(self._identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    # ----------------------------------------------------------------------------- setup
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Build and check the probe against the model before the first training step."""
         if stage != "fit":
             return
-        source = _val_dataloader(trainer) if self.probe_source == "val" else self.probe_source
-        self._probe = build_probe(source, self.num_probe, self.regions)
-        self._check_model(pl_module, self._probe)
-        self.mean = self.mean or _timm_cfg(pl_module, "mean")
-        self.std = self.std or _timm_cfg(pl_module, "std")
+        self._check_names(trainer)
+        if self.probe is None:
+            self.probe = build_probe(val_dataloader(trainer), self.num_probe, self.regions)
+        adapter = ModelAdapter(pl_module, forward_fn=self.forward_fn)
+        encoding = resolve_encoding(self.input_encoding, adapter, self.probe.images)
+        self._check_model(adapter, self.probe)
+        engine = self.engine
+        if engine.noise_alpha is None:
+            engine = engine.with_noise_alpha(_reference_noise_alpha(adapter))
+        self._adapter = adapter
         self._evaluator = ProbeEvaluator(
-            self._probe,
-            engine=self.engine,
-            metrics=self.metrics,
-            compare_methods=self.compare_methods,
-            target=self.target,
-            grid_k=self.grid_k,
-            deletion_steps=self.deletion_steps,
-            deletion_baseline=self.deletion_baseline,
+            self.probe, engine, self.options, input_encoding=self.input_encoding
         )
+        self._normalization = adapter.normalization(self.mean, self.std)
+        self._images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
         if self.snapshot_dir is None:
-            self.snapshot_dir = Path(trainer.log_dir or trainer.default_root_dir) / "dave"
-        self._sink = self._image_sink(trainer) if self.log_images else None
+            self.snapshot_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.name
+        self._sinks = []
+        if self.log_images:
+            self._sinks, as_png = sinks_for_loggers(trainer.loggers, self.snapshot_dir / "png")
+            if as_png:
+                rank_zero_warn(
+                    f"DAVEMonitor: {', '.join(as_png)} cannot show images; the heatmaps go to "
+                    "PNG files in its log directory (images/step_*/). Scalars reach every logger."
+                )
+        self._warn_about_stale_monitors(trainer)
 
-    def _check_model(self, pl_module: pl.LightningModule, probe: Probe) -> None:
-        channels = input_channels(pl_module)
+    def _check_names(self, trainer: pl.Trainer) -> None:
+        names = [cb.name for cb in trainer.callbacks if isinstance(cb, DAVEMonitor)]
+        if names.count(self.name) > 1:
+            raise ValueError(
+                f"{names.count(self.name)} DAVEMonitors log under the name {self.name!r}; give "
+                "each its own name (e.g. DAVEMonitor(..., name='dave_hard'))"
+            )
+
+    def _check_model(self, adapter: ModelAdapter, probe: Probe) -> None:
+        channels = adapter.input_channels
         if channels is not None and probe.images.shape[1] != channels:
             raise ValueError(
                 f"probe images have {probe.images.shape[1]} channels but the model expects "
                 f"{channels}; preprocess the probe like the training data"
             )
-        model = self._logits_module(pl_module)
-        device = next(pl_module.parameters(), torch.empty(0)).device
-        was_training = [(m, m.training) for m in model.modules()]
-        model.eval()
         try:
-            with torch.no_grad():
-                logits = model(probe.images[:1].to(device))
-        except Exception as error:
+            classes = adapter.num_classes(probe.images)
+        except ValueError as error:
             raise ValueError(
-                f"the model cannot take the probe images of shape "
-                f"{tuple(probe.images.shape[1:])} ({type(error).__name__}: {error}); resize and "
-                "normalise the probe like the training data, or pass forward_fn"
+                f"the model cannot take the probe images ({error}); resize and normalise the "
+                "probe like the training data, or pass forward_fn"
             ) from error
-        finally:
-            for module, flag in was_training:
-                module.training = flag
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(
-                "the model's forward must return logits (B, classes); pass "
-                "forward_fn=lambda module, images: <logits> to DAVEMonitor"
-            )
-        classes = logits.shape[1]
         if int(probe.labels.max()) >= classes or int(probe.labels.min()) < 0:
             raise ValueError(
                 f"probe labels span [{int(probe.labels.min())}, {int(probe.labels.max())}] but "
                 f"the model has {classes} classes; pass labels in [0, {classes - 1}]"
             )
 
-    def _image_sink(self, trainer: pl.Trainer) -> ImageSink:
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        png_dir = self.snapshot_dir / "png"
-        if logger is None:
-            rank_zero_warn(
-                f"DAVEMonitor found no TensorBoardLogger; heatmaps go to {png_dir} as PNG files "
-                "and scalars to the other loggers. Add lightning.pytorch.loggers."
-                "TensorBoardLogger to see them in TensorBoard."
-            )
-        return ImageSink(None if logger is None else logger.experiment, png_dir)
+    def _warn_about_stale_monitors(self, trainer: pl.Trainer) -> None:
+        """A checkpoint or early-stopping callback on a slow metric sees it only now and then."""
+        if self.slow_metrics_every == 1:
+            return
+        slow = {
+            f"{self.name}/{key}"
+            for key in self._slow_keys()
+            for key in (key, *(f"{m}/{key}" for m in self.options.compare_methods))
+        }
+        for callback in trainer.callbacks:
+            watched = getattr(callback, "monitor", None)
+            if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and watched in slow:
+                rank_zero_warn(
+                    f"{type(callback).__name__} monitors {watched}, which DAVEMonitor computes "
+                    f"at every {self.slow_metrics_every}th evaluation only; in between it sees "
+                    "the last computed value. Pass slow_metrics_every=1 to compute it at every "
+                    "evaluation."
+                )
 
-    # --------------------------------------------------------------- schedule
+    def _slow_keys(self) -> list[str]:
+        """Metric keys the slow metrics produce (as far as they can be told before running)."""
+        keys = {
+            "stability": ["stability_pearson", "stability_spearman", "stability_topk_iou"],
+            "grid_pg": ["grid_pg"],
+            "deletion": [
+                f"deletion_{order}_{self.options.deletion_baseline}"
+                for order in ("lerf", "morf", "random")
+            ],
+        }
+        return [
+            key
+            for name in self.options.metrics
+            if METRICS[name].slow
+            for key in keys.get(name, [name])
+        ]
+
+    # -------------------------------------------------------------------------- schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start and not self.history:
@@ -226,20 +317,36 @@ class DAVEMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if self.every_n_train_steps and step > 0 and step % self.every_n_train_steps == 0:
-            self._evaluate(trainer, pl_module, last=0 < trainer.max_steps <= step)
+        by_steps = (
+            self.every_n_train_steps is not None
+            and step > 0
+            and step % self.every_n_train_steps == 0
+        )
+        epoch_ends = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        # An epoch's evaluation runs after its last batch, before validation and epoch-end
+        # hooks, so that checkpoint and early-stopping callbacks see its metrics.
+        if by_steps or (epoch_ends and self._epoch_due(trainer)):
+            self._evaluate(trainer, pl_module, last=_fit_ends_now(trainer, epoch_ends))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._evaluate(trainer, pl_module, last=_fit_ends_after_this_epoch(trainer))
+        if self._epoch_due(trainer):  # epochs cut short (max_steps) have no last batch
+            self._evaluate(trainer, pl_module, last=_fit_ends_now(trainer, epoch_ends=True))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end:
+        if not self.at_end:
+            return
+        if trainer.global_step != self._last_step:
             self._evaluate(trainer, pl_module, last=True)
-        if self._sink is not None and trainer.is_global_zero and self.history:
+        elif self.history and not self.history[-1].get("slow", True):
+            # the fit ended right after an evaluation that did not know it was the last
+            self._guarded(trainer.global_step, self._run_evaluation, trainer, pl_module, True, True)
+        if self._sinks and trainer.is_global_zero and self.history:
             self._guarded(trainer.global_step, self._log_progression, trainer.global_step)
 
-    # ------------------------------------------------------------- evaluation
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------------ evaluation
 
     def _evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, last: bool = False
@@ -248,7 +355,7 @@ class DAVEMonitor(pl.Callback):
         step = trainer.global_step
         if self._evaluator is None or step == self._last_step:
             return
-        self._guarded(step, self._run_evaluation, trainer, pl_module, last)
+        self._guarded(step, self._run_evaluation, trainer, pl_module, last, False)
 
     def _guarded(self, step: int, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn``; with ``on_error="warn"`` a failure warns and training goes on."""
@@ -264,65 +371,139 @@ class DAVEMonitor(pl.Callback):
             )
 
     def _run_evaluation(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, last: bool
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, last: bool, complete: bool
     ) -> None:
-        step, epoch = trainer.global_step, trainer.current_epoch
-        cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
-        slow_metrics = last or len(self.history) % self.slow_metrics_every == 0
-        with torch.random.fork_rng(devices=cuda):
-            evaluation = self._evaluator.evaluate(
-                self._logits_module(pl_module), slow_metrics=slow_metrics
-            )
-        maps = evaluation.maps["dave"]
-        if self._previous_maps is not None:
-            evaluation.metrics.update(drift_metrics(maps, self._previous_maps, "previous"))
-            evaluation.metrics.update(drift_metrics(maps, self._first_maps, "first"))
+        """Evaluate (this rank's share), gather, publish on rank 0, and remember.
+
+        ``complete``: the last evaluation ran without the slow metrics at this same step; add
+        them to it instead of recording a new evaluation.
+        """
+        slow = last or len(self.history) % self.slow_metrics_every == 0
+        references = {}
+        if not complete and self._previous_maps is not None and "drift" in self.options.metrics:
+            references = {"previous": self._previous_maps, "first": self._first_maps}
+        evaluation = self._evaluation(trainer, pl_module, slow, references)
+        evaluation.epoch, evaluation.global_step = trainer.current_epoch, trainer.global_step
+        evaluation.settings = {
+            **self._evaluator.settings(),
+            "name": self.name,
+            "mean": list(self._normalization[0]),
+            "std": list(self._normalization[1]),
+        }
+        if complete:
+            evaluation = self._completed(evaluation)
+        new = {k: v for k, v in evaluation.metrics.items() if k not in self._logged_keys(complete)}
         if trainer.is_global_zero:
-            self._publish(trainer, evaluation, step, epoch)
-        self.history.append({"epoch": epoch, "global_step": step, "metrics": evaluation.metrics})
-        self._last_step = step
+            self._publish(trainer, evaluation, new, images=not complete)
+        for key, value in evaluation.metrics.items():
+            trainer.callback_metrics[f"{self.name}/{key}"] = torch.tensor(value)
+        record = {
+            "epoch": evaluation.epoch,
+            "global_step": evaluation.global_step,
+            "metrics": evaluation.metrics,
+            "slow": slow,
+        }
+        if complete:
+            self.history[-1] = record
+            return
+        self.history.append(record)
+        self._last_step = evaluation.global_step
+        maps = evaluation.maps["dave"]
         self._first_maps = maps if self._first_maps is None else self._first_maps
         self._previous_maps = maps
 
-    def _publish(self, trainer: pl.Trainer, evaluation: Any, step: int, epoch: int) -> None:
-        """Scalars to every logger, images to TensorBoard (or PNGs), a snapshot to disk."""
-        scalars = {f"dave/{name}": value for name, value in evaluation.metrics.items()}
+    def _evaluation(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        slow: bool,
+        references: dict[str, torch.Tensor],
+    ) -> Evaluation:
+        """This rank's share of the probe, evaluated and gathered from every rank.
+
+        Every rank learns whether any rank failed before results are exchanged, so a failure
+        on one rank skips the evaluation on all of them instead of leaving the others waiting.
+        """
+        shard = Shard(trainer.global_rank, trainer.world_size)
+        cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+        error: Exception | None = None
+        results = ItemResults()
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                results = self._evaluator.run(
+                    self._adapter, slow_metrics=slow, references=references, shard=shard
+                )
+        except Exception as raised:
+            error = raised
+        if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            raise error or RuntimeError("the evaluation failed on another rank")
+        if trainer.world_size > 1:
+            results = self._gather(trainer, results)
+        return self._evaluator.finish(results)
+
+    def _gather(self, trainer: pl.Trainer, results: ItemResults) -> ItemResults:
+        """Every rank's results, in rank order, on every rank (Lightning's ``all_gather``)."""
+        device = trainer.strategy.root_device
+
+        def gathered(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+            ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(trainer.world_size)]
+            for key, value in tensors.items():
+                stacked = trainer.strategy.all_gather(value.to(device)).cpu()
+                for rank in range(trainer.world_size):
+                    ranks[rank][key] = stacked[rank]
+            return ranks
+
+        items, grids = gathered(results.items), gathered(results.grid_items)
+        parts = [
+            ItemResults(items[rank], grids[rank], results.fractions)
+            for rank in range(trainer.world_size)
+        ]
+        grid = self._evaluator.grid
+        return merge_shards(parts, len(self.probe), 0 if grid is None else len(grid.targets))
+
+    def _completed(self, evaluation: Evaluation) -> Evaluation:
+        """``evaluation``'s slow results added to the last recorded evaluation's."""
+        evaluation.metrics = {**self.history[-1]["metrics"], **evaluation.metrics}
+        return evaluation
+
+    def _logged_keys(self, complete: bool) -> set[str]:
+        return set(self.history[-1]["metrics"]) if complete and self.history else set()
+
+    def _publish(
+        self, trainer: pl.Trainer, evaluation: Evaluation, scalars: dict[str, float], images: bool
+    ) -> None:
+        """Scalars to every logger, pictures to every sink, the snapshot to disk."""
+        step = evaluation.global_step
+        tagged = {f"{self.name}/{key}": value for key, value in scalars.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-        if self._sink is not None:
-            log_evaluation(self._sink, evaluation, self._images01(), step, self.max_images)
-        settings = self._evaluator.settings()
-        settings.update(mean=_plain(self.mean), std=_plain(self.std))
-        save_snapshot(
-            self.snapshot_dir,
-            evaluation,
-            epoch=epoch,
-            global_step=step,
-            settings=settings,
-            labels=self._probe.labels,
-            images=None if self.history else self._probe.images,
-        )
+            logger.log_metrics(tagged, step=step)
+        if self._sinks and images:
+            panels.log_evaluation(
+                self._sinks, self.name, evaluation, self._images01, step, self.max_images
+            )
+        if not self.history:
+            evaluation.images = self.probe.images  # the run's first snapshot carries the probe
+        save_snapshot(self.snapshot_dir, evaluation)
 
     def _log_progression(self, step: int) -> None:
-        maps_by_step = []
+        digest = self.probe.digest()
+        columns = []
         for path in list_snapshots(self.snapshot_dir):
-            record = load_snapshot(path)
-            if record["settings"].get("probe_sha256") == self._probe.digest():
-                maps_by_step.append((record["global_step"], record["maps"]))
-        log_progression(self._sink, maps_by_step, self._images01(), step, self.max_images)
-
-    def _images01(self) -> torch.Tensor:
-        return viz.denormalize(self._probe.images, self.mean, self.std)
-
-    def _logits_module(self, pl_module: pl.LightningModule) -> nn.Module:
-        return (
-            pl_module if self.forward_fn is None else _ForwardFnModule(pl_module, self.forward_fn)
+            evaluation = load_evaluation(path)
+            if evaluation.settings.get("probe_sha256") == digest:
+                columns.append((f"step {evaluation.global_step}", evaluation.maps["dave"]))
+        panels.log_progression(
+            self._sinks, self.name, columns, self._images01, step, self.max_images
         )
 
-    # ----------------------------------------------------------------- resume
+    # ---------------------------------------------------------------------------- resume
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "probe_sha256": None if self.probe is None else self.probe.digest(),
+            "settings": self._identity(),
             "history": self.history,
             "last_step": self._last_step,
             "first_maps": self._first_maps,
@@ -330,58 +511,85 @@ class DAVEMonitor(pl.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the checkpointed history, unless the probe differs (then start afresh)."""
+        change = self._change_from(state_dict)
+        if change:
+            rank_zero_warn(
+                f"DAVEMonitor {self.name!r}: {change}; its history and drift baseline start "
+                "afresh and the fit goes on."
+            )
+            return
         self.history = list(state_dict["history"])
         self._last_step = state_dict["last_step"]
         self._first_maps = state_dict["first_maps"]
         self._previous_maps = state_dict["previous_maps"]
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Find this monitor's state when its key changed: a changed probe or settings, or a
+        checkpoint of the first version (which stored a single monitor under its class name)."""
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return  # Lightning passes it to load_state_dict
+        claimed = {cb.state_key for cb in trainer.callbacks if isinstance(cb, DAVEMonitor)}
+        for key, state in states.items():
+            if not isinstance(key, str) or not key.startswith(type(self).__name__):
+                continue
+            if key not in claimed and state.get("name", "dave") == self.name:
+                self.load_state_dict(state)
+                return
 
-class _ForwardFnModule(nn.Module):
-    """Wraps ``forward_fn(pl_module, images)`` as a module, so modes and flags reach the model."""
+    def _change_from(self, state: Mapping[str, Any]) -> str | None:
+        """What makes a checkpointed state not this monitor's continuation, or None."""
+        if "version" not in state:  # the first version stored no probe: check the maps' shape
+            maps = state.get("first_maps")
+            if maps is None or self.probe is None:
+                return None
+            expected = (len(self.probe), 1, *self.probe.images.shape[-2:])
+            if tuple(maps.shape) != expected:
+                return (
+                    f"the checkpoint's maps have shape {tuple(maps.shape)} but this probe gives "
+                    f"{expected}, so the probe changed"
+                )
+            return None
+        digest = None if self.probe is None else self.probe.digest()
+        if digest is not None and state.get("probe_sha256") not in (None, digest):
+            return (
+                f"the probe differs from the checkpoint's (probe_sha256 "
+                f"{state['probe_sha256'][:12]}… → {digest[:12]}…)"
+            )
+        changed = _differences(state.get("settings") or {}, self._identity())
+        if changed:
+            return f"the settings differ from the checkpoint's ({changed})"
+        return None
 
-    def __init__(self, module: pl.LightningModule, forward_fn: ForwardFn) -> None:
-        super().__init__()
-        self.module = module
-        self.forward_fn = forward_fn
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_fn(self.module, images)
-
-
-def _fit_ends_after_this_epoch(trainer: pl.Trainer) -> bool:
-    """At an epoch's end: whether the fit stops now (max_epochs, max_steps or a stop request)."""
-    max_epochs = trainer.max_epochs
-    return (
-        trainer.should_stop
-        or (max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
-        or 0 < trainer.max_steps <= trainer.global_step
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``key: old → new`` for every setting that changed (engine settings flattened)."""
+    flat_old = {**old, **old.get("engine", {})}
+    flat_new = {**new, **new.get("engine", {})}
+    return ", ".join(
+        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
+        for key in flat_new
+        if key != "engine" and flat_old.get(key) != flat_new.get(key)
     )
 
 
-def _val_dataloader(trainer: pl.Trainer) -> DataLoader:
-    """The first validation dataloader, wherever the user defined it."""
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    loaders = source.dataloader() if source.is_defined() else None
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[0] if loaders else None
-    elif isinstance(loaders, Mapping):
-        loaders = next(iter(loaders.values()), None)
-    if loaders is None:
+def _reference_noise_alpha(adapter: ModelAdapter) -> float:
+    reference = adapter.reference_noise_alpha
+    if reference is None:
         raise ValueError(
-            "probe='val' needs a validation dataloader; pass val_dataloaders to trainer.fit, "
-            "define val_dataloader(), or give DAVEMonitor a probe (images, labels[, masks])"
+            "noise_alpha=None needs a model whose family has a reference value (timm or "
+            "HuggingFace DeiT-III, DeiT or ViT, base or small, patch 16); pass noise_alpha"
         )
-    return loaders
+    return reference
 
 
-def _timm_cfg(module: nn.Module, key: str) -> tuple[float, ...] | None:
-    """Normalisation constants from a timm submodule's ``pretrained_cfg`` (for display)."""
-    for submodule in module.modules():
-        cfg = getattr(submodule, "pretrained_cfg", None)
-        if isinstance(cfg, dict) and key in cfg:
-            return tuple(float(v) for v in cfg[key])
-    return None
-
-
-def _plain(values: Sequence[float] | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
+def _fit_ends_now(trainer: pl.Trainer, epoch_ends: bool) -> bool:
+    """Whether the fit stops after this step (max_steps, a stop request, or the last epoch)."""
+    max_epochs = trainer.max_epochs
+    last_epoch = max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1
+    return 0 < trainer.max_steps <= trainer.global_step or (
+        epoch_ends and (trainer.should_stop or last_epoch)
+    )

@@ -1,6 +1,8 @@
-"""The ``dave-lightning`` command: ``demo``, ``explain`` and ``compare`` (DESIGN §4).
+"""The ``dave-lightning`` command: ``demo``, ``explain`` and ``compare`` (docs/cli.md).
 
-A thin layer over the Python API (``dave_lightning.demo``, ``.explain``, ``.compare``). Any
+A thin layer over the Python API (``dave_lightning.demo``, ``.explain``, ``.compare``), and the
+only module that speaks in command-line flags: the library names its parameters in backticks
+(```image_size```), which :func:`flag_message` turns into the flags (``--image-size``). Any
 mistake in the input, argparse's included, ends with exit code 2 and one line on stderr,
 ``dave-lightning: error: <problem and fix>``, never a traceback.
 """
@@ -8,6 +10,7 @@ mistake in the input, argparse's included, ends with exit code 2 and one line on
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,8 +18,9 @@ from typing import NoReturn
 
 import torch
 
+from dave_lightning.attribution import METHODS, DAVESettings
 from dave_lightning.errors import UsageError
-from dave_lightning.evaluation import COMPARE_METHODS, METRICS
+from dave_lightning.metrics.registry import metric_names
 
 PROG = "dave-lightning"
 
@@ -73,12 +77,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.handler(args)
     except UsageError as error:
-        message = " ".join(str(error).split())
+        message = flag_message(" ".join(str(error).split()))
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+#: Library parameters (as the library's messages name them) → the flags that set them.
+FLAGS = {
+    "trust=True": "--trust-checkpoint",
+    "image_size": "--image-size",
+    "steps": "--steps",
+    "probe": "--probe",
+    "masks": "--masks",
+    "module": "--module",
+    "target": "--target",
+    "out": "--out",
+    "weights": "--weights",
+    "pretrained=True": "--pretrained",
+}
+
+
+def flag_message(message: str) -> str:
+    """A library message with its backticked parameter names replaced by the CLI's flags."""
+    return re.sub(r"`([^`]+)`", lambda match: FLAGS.get(match[1], match[0]), message)
 
 
 def _show_warning(
@@ -225,18 +249,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     checkpoints.add_argument(
         "--metrics",
         nargs="+",
-        choices=METRICS,
-        default=list(METRICS),
+        choices=metric_names(),
+        default=list(metric_names()),
         metavar="METRIC",
-        help=f"metrics to compute: {', '.join(METRICS)} (default: all)",
+        help=f"metrics to compute: {', '.join(metric_names())} (default: all)",
     )
     checkpoints.add_argument(
         "--compare-methods",
         nargs="*",
-        choices=tuple(COMPARE_METHODS),
+        choices=tuple(METHODS),
         default=["input_x_gradient"],
         metavar="METHOD",
-        help=f"baselines evaluated next to DAVE: {', '.join(COMPARE_METHODS)} "
+        help=f"baselines evaluated next to DAVE: {', '.join(METHODS)} "
         "(default: input_x_gradient; none when given without names)",
     )
     checkpoints.add_argument(
@@ -309,7 +333,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         metavar="N",
-        help="samples per forward/backward pass, the memory cap (default: automatic)",
+        help="images per forward/backward pass (samples of any image), the memory cap of "
+        "every model pass (default: automatic)",
     )
     engine.add_argument(
         "--seed", type=_natural_int, default=0, metavar="N", help="DAVE's seed (default: 0)"
@@ -371,9 +396,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_explain_command(args: argparse.Namespace) -> int:
-    """``dave-lightning explain``: overlays and maps of image files."""
-    from dave_lightning.explain import explain_images, load_timm_model, write_explanation
-    from dave_lightning.loading import import_class, load_lightning_module, preprocessing
+    """``dave-lightning explain``: labelled overlays and maps of image files."""
+    from dave_lightning.checkpoints import import_class, load_lightning_module, load_timm_model
+    from dave_lightning.explain import explain_images, write_explanation
+    from dave_lightning.images import preprocessing
+    from dave_lightning.models import ModelAdapter
 
     if args.timm_model is not None:
         if args.module is not None:
@@ -386,12 +413,12 @@ def run_explain_command(args: argparse.Namespace) -> int:
             raise UsageError(_NEEDS_MODULE.format(option="--checkpoint"))
         cls = import_class(args.module)
         model, _ = load_lightning_module(args.checkpoint, cls, trust=args.trust_checkpoint)
-    model.to(args.device)
+    adapter = ModelAdapter(model.to(args.device))
     transform, normal = preprocessing(
-        model, image_size=args.image_size, mean=args.mean, std=args.std
+        adapter, image_size=args.image_size, mean=args.mean, std=args.std
     )
     explanation = explain_images(
-        model,
+        adapter,
         args.images,
         transform=transform,
         normalization=normal,
@@ -401,7 +428,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
     )
     write_explanation(explanation, args.out)
     if not args.quiet:
-        print(f"explained {len(explanation.files)} images → {args.out}/ (PNG overlays, maps.pt)")
+        print(f"explained {len(explanation.files)} images → {args.out}/ (PNG panels, maps.pt)")
     return 0
 
 
@@ -413,7 +440,7 @@ _NEEDS_MODULE = (
 def run_compare_command(args: argparse.Namespace) -> int:
     """``dave-lightning compare``: the report of snapshots or of checkpoints."""
     from dave_lightning.compare import compare_checkpoints, compare_snapshots, write_report
-    from dave_lightning.snapshot import SnapshotError
+    from dave_lightning.evaluation import EvaluationOptions
 
     if args.paths and args.checkpoints:
         raise UsageError("give snapshot paths or --checkpoints, not both")
@@ -422,6 +449,11 @@ def run_compare_command(args: argparse.Namespace) -> int:
             raise UsageError(_NEEDS_MODULE.format(option="--checkpoints"))
         if args.steps is not None:
             raise UsageError("--steps selects snapshots; with --checkpoints list the files")
+        options = EvaluationOptions(
+            metrics=tuple(args.metrics),
+            compare_methods=tuple(args.compare_methods),
+            target=args.target,
+        )
         comparison = compare_checkpoints(
             args.checkpoints,
             args.module,
@@ -432,9 +464,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
             mean=args.mean,
             std=args.std,
             engine=_engine(args),
-            metrics=args.metrics,
-            compare_methods=args.compare_methods,
-            target=args.target,
+            options=options,
             trust=args.trust_checkpoint,
             device=args.device,
             progress=not args.quiet,
@@ -442,10 +472,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     elif args.paths:
         if args.module is not None:
             raise UsageError("--module goes with --checkpoints; snapshots need no model")
-        try:
-            comparison = compare_snapshots(args.paths, steps=args.steps, progress=not args.quiet)
-        except SnapshotError as error:
-            raise UsageError(str(error)) from error
+        comparison = compare_snapshots(args.paths, steps=args.steps, progress=not args.quiet)
     else:
         raise UsageError(
             "nothing to compare; pass DAVEMonitor run dirs or snapshot files, or "
@@ -453,22 +480,25 @@ def run_compare_command(args: argparse.Namespace) -> int:
         )
     write_report(comparison, args.out, tensorboard=args.tensorboard, progress=not args.quiet)
     if not args.quiet:
-        count = comparison.evaluations[0].maps.shape[0]
+        count = comparison.entries[0].evaluation.maps["dave"].shape[0]
         print(
-            f"compared {len(comparison.evaluations)} evaluations of {count} probe images → "
+            f"compared {len(comparison.entries)} evaluations of {count} probe images → "
             f"{args.out}/ (metrics.md, drift.png, maps_probe_*.png)"
         )
     return 0
 
 
-def _engine(args: argparse.Namespace) -> dict[str, object]:
-    """DAVE's keyword arguments from the engine options."""
-    return {
-        "n_samples": args.n_samples,
-        "noise_alpha": args.noise_alpha,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
+def _engine(args: argparse.Namespace) -> DAVESettings:
+    """DAVE's settings from the engine options."""
+    try:
+        return DAVESettings(
+            n_samples=args.n_samples,
+            noise_alpha=args.noise_alpha,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from error
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 DAVE snapshots, a checkpoint and a report PNG under ``<out>/<run>/version_<n>/`` and prints one
 table row per evaluation plus a plain-words summary. ``--shortcut`` plants a class-coloured
 corner marker in the training and probe images (never in val) to show the monitor catching a
-model that reads the marker instead of the shape. The module and data module here also serve
-the examples (``examples/lightning_cli.py``) and the benchmarks.
+model that reads the marker instead of the shape. The model and data live in
+``dave_lightning.data`` (the examples and benchmarks use them too).
 """
 
 from __future__ import annotations
@@ -20,21 +20,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
-import timm
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torch.utils.data import DataLoader, TensorDataset
 
 from dave_lightning import viz
 from dave_lightning.callback import DAVEMonitor
-from dave_lightning.data import SyntheticShapes
-from dave_lightning.snapshot import list_snapshots, load_snapshot
+from dave_lightning.data import ShapesClassifier, ShapesDataModule
+from dave_lightning.data.shapes import NUM_CLASSES
+from dave_lightning.snapshot import list_snapshots, load_evaluation
 
-NUM_CLASSES = 4
-PATCH_SIZE = 8
 SHORTCUT_RATE = 0.9  # share of train and probe images that carry the marker with --shortcut
 REPORT_IMAGES = 6  # probe images shown in the report's progression
 
@@ -84,157 +80,6 @@ FAST = DemoSettings(
     monitor={"n_samples": 2, "deletion_steps": 8},
     limit_train_batches=2,
 )
-
-
-def render(dataset: SyntheticShapes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All items of ``dataset`` as (images, labels, masks) tensors (rendering once is cheap)."""
-    images, labels, masks = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
-    return torch.stack(images), torch.tensor(labels), torch.stack(masks)
-
-
-class ShapesDataModule(pl.LightningDataModule):
-    """SyntheticShapes rendered into memory: train and val splits, plus the probe split.
-
-    Batches are ``(images, labels, masks)``, so ``DAVEMonitor(probe="val")`` finds object masks.
-    ``shortcut`` is the share of train and probe images carrying the class-coloured marker.
-    """
-
-    def __init__(
-        self,
-        *,
-        train_size: int = 8192,
-        val_size: int = 512,
-        image_size: int = 64,
-        num_classes: int = NUM_CLASSES,
-        shortcut: float = 0.0,
-        batch_size: int = 32,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.mean, self.std = SyntheticShapes.mean, SyntheticShapes.std
-        self._splits: dict[str, TensorDataset] = {}
-
-    def dataset(self, split: str, length: int) -> SyntheticShapes:
-        """The SyntheticShapes split with this module's size, classes, shortcut and seed."""
-        hp = self.hparams
-        return SyntheticShapes(
-            length,
-            split=split,
-            image_size=hp.image_size,
-            num_classes=hp.num_classes,
-            shortcut=hp.shortcut,
-            seed=hp.seed,
-        )
-
-    def probe(self, num_probe: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first ``num_probe`` probe-split items as (images, labels, object masks)."""
-        return render(self.dataset("probe", num_probe))
-
-    def marker_masks(self, num_probe: int) -> torch.Tensor:
-        """(num_probe, H, W) bool: where the shortcut marker sits in each probe image."""
-        probe = self.dataset("probe", num_probe)
-        return torch.stack([probe.marker_mask(i) for i in range(num_probe)])
-
-    def setup(self, stage: str) -> None:
-        if not self._splits:
-            sizes = {"train": self.hparams.train_size, "val": self.hparams.val_size}
-            self._splits = {
-                split: TensorDataset(*render(self.dataset(split, n))) for split, n in sizes.items()
-            }
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._splits["train"], batch_size=self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._splits["val"], batch_size=256)
-
-
-class ShapesClassifier(pl.LightningModule):
-    """A small timm ViT (``vit_tiny_patch16_224`` resized) trained from scratch with AdamW.
-
-    The learning rate warms up for ``warmup_fraction`` of training, then follows a cosine to
-    zero. Accuracy of the current train and val epoch is kept for :meth:`accuracy`.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_classes: int = NUM_CLASSES,
-        image_size: int = 64,
-        patch_size: int = PATCH_SIZE,
-        embed_dim: int = 96,
-        depth: int = 4,
-        num_heads: int = 3,
-        mlp_ratio: float = 2.0,
-        lr: float = 2e-3,
-        weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = timm.create_model(
-            "vit_tiny_patch16_224",
-            pretrained=False,
-            img_size=image_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            num_classes=num_classes,
-        )
-        self._hits = {"train": 0, "val": 0}
-        self._seen = {"train": 0, "val": 0}
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-    def accuracy(self, stage: str) -> float:
-        """Accuracy over the current (or last) epoch of ``stage`` ("train" or "val")."""
-        return self._hits[stage] / max(self._seen[stage], 1)
-
-    def _step(self, batch: Sequence[torch.Tensor], stage: str) -> torch.Tensor:
-        images, labels = batch[0], batch[1]
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        hits = (logits.argmax(1) == labels).sum()
-        self._hits[stage] += int(hits)
-        self._seen[stage] += len(labels)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True)
-        self.log(f"{stage}_acc", hits / len(labels), on_step=False, on_epoch=True)
-        return loss
-
-    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def on_train_epoch_start(self) -> None:
-        self._hits["train"] = self._seen["train"] = 0
-
-    def on_validation_epoch_start(self) -> None:
-        self._hits["val"] = self._seen["val"] = 0
-
-    def configure_optimizers(self) -> dict[str, object]:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = max(int(hp.warmup_fraction * total), 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (
-                1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0))
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
 
 # Table columns: key in the rows (monitor metrics plus train/val accuracy) → header.
@@ -379,15 +224,15 @@ CURVES = {
 }
 
 
-def write_report(
+def write_demo_report(
     path: Path, rows: Sequence[dict[str, float]], snapshot_dir: Path, images01: torch.Tensor
 ) -> None:
     """One PNG: DAVE maps of a few probe images at every evaluation, then the metric curves."""
     epoch_of = {row["step"]: row["epoch"] for row in rows}
-    records = [load_snapshot(p) for p in list_snapshots(snapshot_dir)]
-    records = [r for r in records if r["global_step"] in epoch_of]
+    records = [load_evaluation(p) for p in list_snapshots(snapshot_dir)]
+    records = [r for r in records if r.global_step in epoch_of]
     shown = min(REPORT_IMAGES, images01.shape[0])
-    overlays = [viz.overlay(images01[:shown], r["maps"][:shown]) for r in records]
+    overlays = [viz.overlay(images01[:shown], r.maps["dave"][:shown]) for r in records]
     panels = [viz.make_panel([images01[i]] + [o[i] for o in overlays]) for i in range(shown)]
     progression = torch.cat(panels, dim=1).permute(1, 2, 0).numpy()
 
@@ -397,7 +242,7 @@ def write_report(
     axes.imshow(progression)
     width = images01.shape[-1] + 2
     axes.set_xticks([width * (i + 0.5) for i in range(len(records) + 1)])
-    axes.set_xticklabels(["image"] + [f"epoch {epoch_of[r['global_step']]}" for r in records])
+    axes.set_xticklabels(["image"] + [f"epoch {epoch_of[r.global_step]}" for r in records])
     axes.set_yticks([])
     axes.set_title("DAVE maps of probe images across training (epoch 0: untrained)")
     for ax, (title, keys) in zip(bottom.subplots(2, 3).flat, CURVES.items(), strict=True):
@@ -503,7 +348,7 @@ def run_demo(
         print("DAVEMonitor produced no evaluations; see the warnings above.")
         return 1
     images01 = viz.denormalize(probe[0], data.mean, data.std)
-    write_report(report, table.rows, monitor.snapshot_dir, images01)
+    write_demo_report(report, table.rows, monitor.snapshot_dir, images01)
     if quiet:
         print(legend)
         print(table.table())

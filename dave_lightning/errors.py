@@ -4,6 +4,7 @@
 class UsageError(ValueError):
     """Bad user input; the message is one line naming the problem and the fix.
 
-    ``dave-lightning`` prints it as ``dave-lightning: error: <message>`` and exits with 2, never
-    with a traceback; the Python API raises it like any ``ValueError``.
+    Messages name the Python parameter in backticks (```image_size```); ``dave-lightning``
+    prints them with the matching command-line flag instead (``--image-size``), as
+    ``dave-lightning: error: <message>``, and exits with 2, never with a traceback.
     """

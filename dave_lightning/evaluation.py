@@ -1,46 +1,54 @@
-"""One evaluation of a model on a probe: maps per method, predictions and quality metrics.
+"""One evaluation of a model on a probe: the evaluation record, and the evaluator producing it.
 
-Shared by the callback and the checkpoint comparison, so both compute the same numbers. Data
-flows one way: probe → attribution methods → maps → metrics; nothing here knows Lightning.
+The callback and ``compare`` both run a :class:`ProbeEvaluator`, so they compute the same
+numbers. Data flows one way: probe → model adapter → attribution methods → maps → metrics
+(the registry in ``dave_lightning.metrics.registry``); nothing here knows Lightning. An
+evaluation can run in shards (one per DDP rank): :meth:`ProbeEvaluator.run` computes per-item
+results for a shard and :meth:`ProbeEvaluator.finish` averages the merged items.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
 
-from dave_lightning import metrics as M
-from dave_lightning.attribution import DAVE, InputXEffective, InputXGradient
-from dave_lightning.attribution.model_info import attribution_context, model_device, patch_size
+from dave_lightning.attribution import DAVE, DAVESettings
+from dave_lightning.attribution.methods import METHODS
+from dave_lightning.metrics import make_grid_probe
+from dave_lightning.metrics.faithfulness import BASELINES
+from dave_lightning.metrics.grid import GridItems
+from dave_lightning.metrics.registry import (
+    METRICS,
+    MetricInputs,
+    MetricSpec,
+    check_metric_names,
+    metric_names,
+)
+from dave_lightning.models import ModelAdapter
+from dave_lightning.models.encoding import InputEncoding, resolve_encoding
 from dave_lightning.probe import Probe
+from dave_lightning.validation import check_choice, check_int
 
-METRICS = ("stability", "grid_pg", "energy_pg", "deletion", "gini", "patch_artifact", "drift")
-COMPARE_METHODS: dict[str, type[InputXGradient] | type[InputXEffective]] = {
-    "input_x_gradient": InputXGradient,
-    "input_x_effective": InputXEffective,
-}
-# Orders that depend on the map; the random order is one control per evaluation, shared.
-DELETION_ORDERS = ("lerf", "morf")
-# Metrics that need extra model passes beyond the maps (the rest only read the maps).
-SLOW_METRICS = ("stability", "grid_pg", "deletion")
 MAX_GRIDS = 4
-
-AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_DELETION_BATCH = 64  # deletion images per forward pass when batch_size is None
+FORMAT = "dave-lightning-snapshot"
+VERSION = 2
 
 
 @dataclass
 class Evaluation:
-    """What one evaluation produced, on the CPU.
+    """What one evaluation produced, on the CPU: the record snapshots store (docs/callback.md).
 
-    ``maps``: method → (N, 1, H, W), DAVE under ``"dave"`` first. ``metrics``: flat name →
-    value; DAVE's under the metric name (``energy_pg``), other methods' under
-    ``<method>/<metric>``. ``curves``: ``<method>/deletion_<order>_<baseline>`` → (fractions,
-    mean probability over the probe); the random-order control, which does not depend on the
-    maps, appears once, under DAVE's names.
+    ``maps``: method → (N, 1, H, W), DAVE under ``"dave"`` first. ``metrics``: name → value;
+    DAVE's under the metric name (``energy_pg``), other methods' under ``<method>/<metric>``.
+    ``curves``: ``<method>/deletion_<order>_<baseline>`` → (fractions, mean probability over the
+    probe). ``probabilities``: softmax probability of each prediction. ``reliability``: each
+    DAVE map's split-half reliability. ``images``: the probe as the model sees it (optional).
     """
 
     maps: dict[str, torch.Tensor]
@@ -48,185 +56,381 @@ class Evaluation:
     predictions: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
+    reliability: torch.Tensor | None = None
+    epoch: int | None = None
+    global_step: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    images: torch.Tensor | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The snapshot dict: tensors, numbers, strings, lists and dicts only."""
+        record: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "maps": self.maps["dave"],
+            "method_maps": {k: v for k, v in self.maps.items() if k != "dave"},
+            "targets": self.targets,
+            "predictions": self.predictions,
+            "labels": self.labels,
+            "probabilities": self.probabilities,
+            "reliability": self.reliability,
+            "metrics": dict(self.metrics),
+            "curves": {k: [x, y] for k, (x, y) in self.curves.items()},
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "settings": self.settings,
+        }
+        if self.images is not None:
+            record["images"] = self.images
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Evaluation:
+        """The evaluation of a snapshot dict of any version (version 1: curves without method)."""
+        curves = {}
+        for name, (x, y) in dict(record.get("curves") or {}).items():
+            curves[name if "/" in name else f"dave/{name}"] = (x, y)
+        return cls(
+            maps={"dave": record["maps"].float(), **dict(record.get("method_maps") or {})},
+            targets=record["targets"],
+            predictions=record["predictions"],
+            metrics=dict(record["metrics"]),
+            curves=curves,
+            labels=record.get("labels"),
+            probabilities=record.get("probabilities"),
+            reliability=record.get("reliability"),
+            epoch=record.get("epoch"),
+            global_step=record.get("global_step"),
+            settings=dict(record.get("settings") or {}),
+            images=record.get("images"),
+        )
 
 
-class ProbeEvaluator:
-    """Runs DAVE, the compared methods and the metrics on a fixed probe."""
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What an evaluation computes besides DAVE's own settings; validated on construction."""
 
-    def __init__(
-        self,
-        probe: Probe,
-        *,
-        engine: Mapping[str, object],
-        metrics: Sequence[str] = METRICS,
-        compare_methods: Sequence[str] = ("input_x_gradient",),
-        target: str = "label",
-        grid_k: int = 2,
-        deletion_steps: int = 128,
-        deletion_baseline: str = "blur",
-    ) -> None:
-        check_names(metrics, compare_methods)
-        if target not in ("label", "pred"):
-            raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
-        if deletion_baseline not in M.faithfulness.BASELINES:
-            raise ValueError(
-                f"deletion_baseline must be one of {M.faithfulness.BASELINES}, "
-                f"got {deletion_baseline!r}"
-            )
-        self.probe = probe
-        self.engine = dict(engine)
-        self.metrics = tuple(metrics)
-        self.compare_methods = tuple(compare_methods)
-        self.target = target
-        self.grid_k = grid_k
-        self.deletion_steps = deletion_steps
-        self.deletion_baseline = deletion_baseline
-        self.grid = self._grid_probe() if "grid_pg" in self.metrics else None
+    metrics: tuple[str, ...] = ()
+    compare_methods: tuple[str, ...] = ("input_x_gradient",)
+    target: str = "label"
+    grid_k: int = 2
+    deletion_steps: int = 128
+    deletion_baseline: str = "blur"
 
-    def settings(self) -> dict[str, object]:
-        """Everything that determines the numbers, for snapshots and comparisons."""
+    def __post_init__(self) -> None:
+        names = metric_names() if not self.metrics else self.metrics
+        object.__setattr__(self, "metrics", check_metric_names(names))
+        methods = self.compare_methods
+        if isinstance(methods, str):
+            raise TypeError(f"compare_methods must be a sequence of names, got {methods!r}")
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown compare_methods {unknown}; choose from {list(METHODS)}")
+        object.__setattr__(self, "compare_methods", tuple(methods))
+        check_choice("target", self.target, ("label", "pred"))
+        check_int("grid_k", self.grid_k, minimum=1)
+        check_int("deletion_steps", self.deletion_steps, minimum=2)
+        check_choice("deletion_baseline", self.deletion_baseline, BASELINES)
+
+    def to_dict(self) -> dict[str, Any]:
         return {
-            "engine": dict(self.engine),
             "metrics": list(self.metrics),
             "compare_methods": list(self.compare_methods),
             "target": self.target,
             "grid_k": self.grid_k,
             "deletion_steps": self.deletion_steps,
             "deletion_baseline": self.deletion_baseline,
+        }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the probe: ``rank`` of ``world_size`` equal, contiguous parts.
+
+    Every part has ``ceil(total / world_size)`` items; the last parts are padded with copies of
+    the last item (their results are dropped), so that every rank runs the same passes.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def size(self, total: int) -> int:
+        return math.ceil(total / self.world_size)
+
+    def start(self, total: int) -> int:
+        return min(self.rank * self.size(total), total)
+
+    def indices(self, total: int) -> torch.Tensor:
+        start = self.start(total)
+        return torch.arange(start, start + self.size(total)).clamp(max=total - 1)
+
+    def real(self, total: int, rank: int) -> int:
+        """How many items of ``rank``'s part are real (not padding)."""
+        other = Shard(rank, self.world_size)
+        return min(other.start(total) + self.size(total), total) - other.start(total)
+
+
+@dataclass
+class ItemResults:
+    """Per-item results of one shard (padding included), before averaging.
+
+    ``items``: probe-image items (``maps/<method>``, ``targets``, ``predictions``,
+    ``probabilities``, ``reliability``, ``value/<metric>``, ``curve/<metric>``);
+    ``grid_items``: grid-cell items (``value/<metric>``); ``fractions``: each curve's x-axis.
+    """
+
+    items: dict[str, torch.Tensor] = field(default_factory=dict)
+    grid_items: dict[str, torch.Tensor] = field(default_factory=dict)
+    fractions: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ProbeEvaluator:
+    """Runs DAVE, the compared methods and the registered metrics on a fixed probe.
+
+    Args:
+        probe: the images, labels and optional masks and regions.
+        engine: DAVE's settings (``noise_alpha=None`` resolves per model).
+        options: what else to compute (metrics, compared methods, target, grid and deletion).
+        batch_size: images per pass of every model pass outside DAVE (predictions, deletion);
+            DAVE's own passes follow ``engine.batch_size``.
+        input_encoding: the models' input encoding (``None``: the model's own or detected).
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        engine: DAVESettings,
+        options: EvaluationOptions,
+        *,
+        input_encoding: str | None = None,
+    ) -> None:
+        self.probe = probe
+        self.engine = engine
+        self.options = options
+        self.input_encoding = input_encoding
+        self.grid = self._grid_items() if "grid_pg" in options.metrics else None
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the numbers, for snapshots and comparisons."""
+        return {
+            "engine": self.engine.to_dict(),
+            **self.options.to_dict(),
             "probe_size": len(self.probe),
             "image_size": list(self.probe.images.shape[-2:]),
             "probe_sha256": self.probe.digest(),
         }
 
-    def evaluate(self, model: nn.Module, *, slow_metrics: bool = True) -> Evaluation:
-        """Maps, predictions and metrics of ``model`` (images → logits) on the probe.
+    def evaluate(
+        self,
+        model: ModelAdapter,
+        *,
+        slow_metrics: bool = True,
+        references: Mapping[str, torch.Tensor] | None = None,
+    ) -> Evaluation:
+        """Maps, predictions and metrics of ``model`` on the whole probe, in this process.
 
-        ``slow_metrics=False`` leaves out :data:`SLOW_METRICS`, which need extra model passes.
+        ``slow_metrics=False`` leaves out the metrics that need extra model passes;
+        ``references`` (name → earlier DAVE maps) give the drift metrics.
         """
-        with attribution_context(model):
-            device = model_device(model)
-            images = self.probe.images.to(device)
-            with torch.no_grad():
-                predictions = model(images).argmax(1)
-            targets = self.probe.labels.to(device) if self.target == "label" else predictions
-            methods = self._methods(model)
-            evaluation = Evaluation(
-                maps={name: fn(images, targets).cpu() for name, fn in methods.items()},
-                targets=targets.cpu(),
-                predictions=predictions.cpu(),
+        return self.finish(self.run(model, slow_metrics=slow_metrics, references=references))
+
+    def run(
+        self,
+        model: ModelAdapter,
+        *,
+        slow_metrics: bool = True,
+        references: Mapping[str, torch.Tensor] | None = None,
+        shard: Shard = Shard(),
+    ) -> ItemResults:
+        """Per-item results of this process's ``shard`` of the probe."""
+        probe, options = self.probe, self.options
+        index = shard.indices(len(probe))
+        first = shard.start(len(probe))
+        results = ItemResults()
+        with model.attribution():
+            device = model.device
+            images = probe.images[index].to(device)
+            encoding = resolve_encoding(self.input_encoding, model, images)
+            logits = self._logits(model, images)
+            predictions = logits.argmax(1)
+            probabilities = logits.softmax(1).gather(1, predictions[:, None])[:, 0]
+            labels = probe.labels[index].to(device)
+            targets = labels if options.target == "label" else predictions
+            dave = DAVE.from_settings(model, self.engine, self.input_encoding)
+            maps, reliability = dave.attribute(
+                images, targets, return_reliability=True, first_index=first
             )
-            evaluation.metrics["probe_accuracy"] = float(
-                (predictions.cpu() == self.probe.labels).float().mean()
+            methods = {"dave": dave}
+            maps_by_method = {"dave": maps}
+            for name in options.compare_methods:
+                methods[name] = METHODS[name](model, self.engine.batch_size)
+                maps_by_method[name] = methods[name].attribute(images, targets)
+            results.items.update(
+                targets=targets,
+                predictions=predictions,
+                probabilities=probabilities,
+                reliability=reliability,
             )
-            metrics = [m for m in self.metrics if slow_metrics or m not in SLOW_METRICS]
-            for name, attribute in methods.items():
-                prefix = "" if name == "dave" else f"{name}/"
-                self._map_metrics(
-                    model, images, targets, name, attribute, prefix, metrics, evaluation
+            specs = self._specs(model, slow_metrics, references)
+            grid, grid_first = self._grid_shard(shard, device)
+            for name, method in methods.items():
+                results.items[f"maps/{name}"] = maps_by_method[name]
+                inputs = MetricInputs(
+                    method=name,
+                    maps=maps_by_method[name],
+                    images=encoding.picture(images),
+                    targets=targets,
+                    model=_encoded(model, encoding),
+                    attribute=_attribute(method, encoding, first, name == "dave"),
+                    grid_attribute=_attribute(method, encoding, grid_first, name == "dave"),
+                    masks=_take(probe.masks, index, device),
+                    regions={k: _take(v, index, device) for k, v in (probe.regions or {}).items()},
+                    grid=grid,
+                    patch_size=model.patch_size,
+                    references={k: v[index].to(device) for k, v in (references or {}).items()},
+                    grid_k=options.grid_k,
+                    deletion_steps=options.deletion_steps,
+                    deletion_baseline=options.deletion_baseline,
+                    batch_size=self.engine.batch_size or DEFAULT_DELETION_BATCH,
                 )
-            if "deletion" in metrics:  # the random-order control, once for all methods
-                dave_maps = evaluation.maps["dave"]
-                self._deletion(model, images, targets, dave_maps, "random", "", evaluation)
-        return evaluation
+                self._metrics(specs, inputs, "" if name == "dave" else f"{name}/", results)
+        return results
 
-    def _methods(self, model: nn.Module) -> dict[str, AttributeFn]:
-        methods: dict[str, AttributeFn] = {"dave": DAVE(model, **self.engine).attribute}
-        for name in self.compare_methods:
-            batch_size = self.engine.get("batch_size")
-            methods[name] = COMPARE_METHODS[name](model, batch_size=batch_size).attribute
-        return methods
-
-    def _map_metrics(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        method: str,
-        attribute: AttributeFn,
-        prefix: str,
-        metrics: Sequence[str],
-        evaluation: Evaluation,
-    ) -> None:
-        maps = evaluation.maps[method]
-        values: dict[str, torch.Tensor] = {}
-        if "energy_pg" in metrics and self.probe.masks is not None:
-            values["energy_pg"] = M.energy_pointing_game(maps, self.probe.masks)
-        for region, masks in (self.probe.regions or {}).items():
-            values[f"region_{region}"] = M.energy_pointing_game(maps, masks)
-        if "gini" in metrics:
-            values["gini"] = M.gini(maps)
-        patch = patch_size(model)
-        if "patch_artifact" in metrics and patch is not None:
-            values["patch_artifact"] = M.patch_artifact_score(maps, patch)
-        if "stability" in metrics:
-            stability = M.stability(attribute, images, targets, maps=maps.to(images.device))
-            for key, value in stability.items():
-                values[f"stability_{key}"] = value
-        if self.grid is not None and "grid_pg" in metrics:
-            cells = self.grid_k**2
-            grid_maps = attribute(
-                self.grid.images.to(images.device).repeat_interleave(cells, 0),
-                self.grid.targets.flatten().to(images.device),
-            )
-            values["grid_pg"] = M.grid_pointing_game(
-                grid_maps, self.grid_k, self.grid.cells.flatten()
-            )
-        for key, value in values.items():
-            evaluation.metrics[prefix + key] = float(value.float().nanmean())
-        if "deletion" in metrics:
-            for order in DELETION_ORDERS:
-                self._deletion(model, images, targets, maps, order, prefix, evaluation)
-
-    def _deletion(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        maps: torch.Tensor,
-        order: str,
-        prefix: str,
-        evaluation: Evaluation,
-    ) -> None:
-        """One deletion curve: its AUC as a metric and its probe-mean curve for the figure."""
-        name = f"deletion_{order}_{self.deletion_baseline}"
-        fractions, probabilities = M.deletion_curve(
-            model,
-            images,
-            targets,
-            maps.to(images.device),
-            order=order,
-            baseline=self.deletion_baseline,
-            steps=self.deletion_steps,
+    def finish(self, results: ItemResults) -> Evaluation:
+        """The evaluation record from merged, unpadded per-item results."""
+        items = {key: value.cpu() for key, value in results.items.items()}
+        grid_items = {key: value.cpu() for key, value in results.grid_items.items()}
+        labels = self.probe.labels
+        metrics = {"probe_accuracy": float((items["predictions"] == labels).float().mean())}
+        for source in (items, grid_items):
+            for key, value in source.items():
+                if key.startswith("value/"):
+                    metrics[key.removeprefix("value/")] = float(value.float().nanmean())
+        curves = {}
+        for key, x in results.fractions.items():
+            method, _, name = key.rpartition("/")
+            curves[f"{method or 'dave'}/{name}"] = (x.cpu(), items[f"curve/{key}"].nanmean(0))
+        return Evaluation(
+            maps={
+                key.removeprefix("maps/"): value
+                for key, value in items.items()
+                if key.startswith("maps/")
+            },
+            targets=items["targets"],
+            predictions=items["predictions"],
+            metrics=metrics,
+            curves=curves,
+            labels=labels,
+            probabilities=items["probabilities"],
+            reliability=items["reliability"],
         )
-        evaluation.metrics[prefix + name] = float(M.curve_auc(fractions, probabilities).nanmean())
-        evaluation.curves[prefix + name] = (fractions.cpu(), probabilities.nanmean(0).cpu())
 
-    def _grid_probe(self) -> M.GridProbe | None:
+    # ------------------------------------------------------------------------------ parts
+
+    def _logits(self, model: ModelAdapter, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the probe images, ``batch_size`` images per pass."""
+        size = self.engine.batch_size or len(images)
+        with torch.no_grad():
+            return torch.cat([model(images[i : i + size]) for i in range(0, len(images), size)])
+
+    def _specs(
+        self,
+        model: ModelAdapter,
+        slow_metrics: bool,
+        references: Mapping[str, torch.Tensor] | None,
+    ) -> list[MetricSpec]:
+        """The registered metrics to compute now: selected (or implicit), needs met."""
+        available = {
+            "masks": self.probe.masks is not None,
+            "regions": bool(self.probe.regions),
+            "grid": self.grid is not None,
+            "patch_size": model.patch_size is not None,
+            "references": bool(references),
+        }
+        return [
+            spec
+            for name, spec in METRICS.items()
+            if (spec.implicit or name in self.options.metrics)
+            and (slow_metrics or not spec.slow)
+            and all(available[need] for need in spec.needs)
+        ]
+
+    def _metrics(
+        self, specs: Sequence[MetricSpec], inputs: MetricInputs, prefix: str, results: ItemResults
+    ) -> None:
+        for spec in specs:
+            if spec.dave_only and inputs.method != "dave":
+                continue
+            output = spec.compute(inputs)
+            target = results.grid_items if spec.unit == "grid" else results.items
+            for key, value in output.values.items():
+                target[f"value/{prefix}{key}"] = value
+            for key, (x, y) in output.curves.items():
+                results.fractions[f"{prefix}{key}"] = x
+                results.items[f"curve/{prefix}{key}"] = y
+
+    def _grid_shard(self, shard: Shard, device: torch.device) -> tuple[GridItems | None, int]:
+        """This shard's grid items (on ``device``) and the index of its first one."""
+        if self.grid is None:
+            return None, 0
+        total = len(self.grid.targets)
+        index = shard.indices(total)
+        items = GridItems(*(tensor[index].to(device) for tensor in self.grid))
+        return items, shard.start(total)
+
+    def _grid_items(self) -> GridItems | None:
         """Grids of distinct classes composed once from the probe, or None (with a warning)."""
         try:
-            return M.make_grid_probe(
+            grids = make_grid_probe(
                 self.probe.images,
                 self.probe.labels,
-                k=self.grid_k,
+                k=self.options.grid_k,
                 size=tuple(self.probe.images.shape[-2:]),
                 max_grids=MAX_GRIDS,
             )
         except ValueError as error:
             warnings.warn(f"grid_pg is skipped: {error}", stacklevel=2)
             return None
+        return grids.items()
 
 
-def check_names(metrics: Sequence[str], compare_methods: Sequence[str]) -> None:
-    """Refuse unknown metric or method names, listing the valid ones."""
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-    unknown = sorted(set(compare_methods) - set(COMPARE_METHODS))
-    if unknown:
-        raise ValueError(f"unknown compare_methods {unknown}; choose from {list(COMPARE_METHODS)}")
+def merge_shards(results: Sequence[ItemResults], probe_size: int, grid_size: int) -> ItemResults:
+    """One :class:`ItemResults` from every rank's (in rank order), padding dropped."""
+    world = len(results)
+    sizes = [Shard(0, world).real(probe_size, rank) for rank in range(world)]
+    grid_sizes = [Shard(0, world).real(grid_size, rank) for rank in range(world)]
+
+    def merged(key: str, parts: list[dict[str, torch.Tensor]], counts: list[int]) -> torch.Tensor:
+        return torch.cat([part[key][:count] for part, count in zip(parts, counts, strict=True)])
+
+    items = [r.items for r in results]
+    grids = [r.grid_items for r in results]
+    return ItemResults(
+        items={key: merged(key, items, sizes) for key in items[0]},
+        grid_items={key: merged(key, grids, grid_sizes) for key in grids[0]},
+        fractions=dict(results[0].fractions),
+    )
 
 
-def drift_metrics(maps: torch.Tensor, reference: torch.Tensor, name: str) -> dict[str, float]:
-    """Mean drift of ``maps`` from ``reference`` as ``drift_<name>_<statistic>`` entries."""
-    drift = M.attribution_drift(maps, reference)
-    return {f"drift_{name}_{key}": float(value.nanmean()) for key, value in drift.items()}
+def _take(tensor: torch.Tensor | None, index: torch.Tensor, device: torch.device) -> Any:
+    return None if tensor is None else tensor[index].to(device)
+
+
+def _encoded(
+    model: ModelAdapter, encoding: InputEncoding
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model on pictures: encode them, then run it."""
+    return lambda pictures: model(encoding.encode(pictures))
+
+
+def _attribute(
+    method: Any, encoding: InputEncoding, first_index: int, is_dave: bool
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The method on pictures; DAVE's maps keep their per-item seeds (``first_index``)."""
+    if is_dave:
+        return lambda pictures, target: method.attribute(
+            encoding.encode(pictures), target, first_index=first_index
+        )
+    return lambda pictures, target: method.attribute(encoding.encode(pictures), target)

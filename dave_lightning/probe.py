@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -109,12 +110,26 @@ def _collect(source: Dataset | DataLoader, num_probe: int) -> tuple[Any, Any, An
     return images, labels, masks
 
 
+IMAGE_KEYS = ("image", "images", "pixel_values")
+LABEL_KEYS = ("label", "labels", "target")
+MASK_KEYS = ("mask", "masks")
+
+
 def _fields(item: Any) -> tuple[Any, Any, Any]:
-    """(image, label, mask or None) from a tuple/list item or a dict with those keys."""
+    """(image, label, mask or None) from a tuple/list item or a dict with those keys.
+
+    Dict items may use torchvision-style keys (``image``, ``label``, ``mask``) or
+    HuggingFace-style ones (``pixel_values``, ``labels``).
+    """
     if isinstance(item, Mapping):
-        image = item.get("image", item.get("images"))
-        label = item.get("label", item.get("labels", item.get("target")))
-        return image, label, item.get("mask", item.get("masks"))
+        image = next((item[key] for key in IMAGE_KEYS if key in item), None)
+        label = next((item[key] for key in LABEL_KEYS if key in item), None)
+        if image is None or label is None:
+            raise TypeError(
+                f"probe dict items need an image ({', '.join(IMAGE_KEYS)}) and a label "
+                f"({', '.join(LABEL_KEYS)}); got keys {sorted(item)}"
+            )
+        return image, label, next((item[key] for key in MASK_KEYS if key in item), None)
     if isinstance(item, Sequence) and len(item) >= 2:
         return item[0], item[1], item[2] if len(item) > 2 else None
     raise TypeError(
@@ -150,3 +165,19 @@ def _as_labels(labels: Any) -> torch.Tensor:
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"probe labels must be integer class indices, got {labels.dtype}")
     return labels.detach().to("cpu", torch.long).clone()
+
+
+def val_dataloader(trainer: pl.Trainer) -> DataLoader:
+    """The trainer's first validation dataloader, wherever the user defined it."""
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    loaders = source.dataloader() if source.is_defined() else None
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    if loaders is None:
+        raise ValueError(
+            "probe='val' needs a validation dataloader; pass val_dataloaders to trainer.fit, "
+            "define val_dataloader(), or give DAVEMonitor a probe (images, labels[, masks])"
+        )
+    return loaders

@@ -1,8 +1,9 @@
-"""Snapshots: one file per evaluation, what ``dave-lightning compare`` reads (DESIGN §4).
+"""Snapshots: one file per evaluation, what ``dave-lightning compare`` reads (docs/callback.md).
 
 ``<dir>/step_<global_step:08d>.pt`` is a ``torch.save``d plain dict (tensors, numbers,
 strings, lists, dicts) that loads with ``torch.load(weights_only=True)``, so opening a
-snapshot never runs code.
+snapshot never runs code. :meth:`Evaluation.to_record` and :meth:`Evaluation.from_record` give
+its content; files of earlier format versions load too.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from typing import Any
 
 import torch
 
-from dave_lightning.evaluation import Evaluation
+from dave_lightning.evaluation import FORMAT, Evaluation
 
-FORMAT = "dave-lightning-snapshot"
-VERSION = 1
 REQUIRED = ("maps", "targets", "predictions", "metrics", "epoch", "global_step", "settings")
 _NAME = re.compile(r"step_(\d{8})\.pt$")
 
@@ -29,47 +28,18 @@ def snapshot_path(directory: str | Path, global_step: int) -> Path:
     return Path(directory) / f"step_{global_step:08d}.pt"
 
 
-def save_snapshot(
-    directory: str | Path,
-    evaluation: Evaluation,
-    *,
-    epoch: int,
-    global_step: int,
-    settings: dict[str, Any],
-    labels: torch.Tensor,
-    images: torch.Tensor | None = None,
-) -> Path:
-    """Write one evaluation; returns the file's path.
-
-    ``images``: the probe images as the model sees them, for overlays in ``compare``; the
-    monitor stores them in the first snapshot of a run only, to keep the others small.
-    """
-    path = snapshot_path(directory, global_step)
+def save_snapshot(directory: str | Path, evaluation: Evaluation) -> Path:
+    """Write one evaluation (at its ``global_step``); returns the file's path."""
+    path = snapshot_path(directory, evaluation.global_step or 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "format": FORMAT,
-        "version": VERSION,
-        "maps": evaluation.maps["dave"],
-        "method_maps": {k: v for k, v in evaluation.maps.items() if k != "dave"},
-        "targets": evaluation.targets,
-        "predictions": evaluation.predictions,
-        "labels": labels,
-        "metrics": dict(evaluation.metrics),
-        "curves": {k: [x, y] for k, (x, y) in evaluation.curves.items()},
-        "epoch": int(epoch),
-        "global_step": int(global_step),
-        "settings": settings,
-    }
-    if images is not None:
-        record["images"] = images
     temporary = path.with_suffix(".tmp")
-    torch.save(record, temporary)
+    torch.save(evaluation.to_record(), temporary)
     temporary.replace(path)
     return path
 
 
 def load_snapshot(path: str | Path) -> dict[str, Any]:
-    """Load and check one snapshot; :class:`SnapshotError` names what is wrong with the file."""
+    """Load and check one snapshot's dict; :class:`SnapshotError` names what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"{path}: no such snapshot file")
@@ -89,6 +59,11 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     if missing:
         raise SnapshotError(f"{path}: snapshot lacks {missing}; it may come from a newer version")
     return record
+
+
+def load_evaluation(path: str | Path) -> Evaluation:
+    """The :class:`Evaluation` a snapshot file holds."""
+    return Evaluation.from_record(load_snapshot(path))
 
 
 def list_snapshots(directory: str | Path) -> list[Path]:

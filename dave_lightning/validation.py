@@ -1,6 +1,8 @@
-"""Argument checks shared by the engine and the callback: errors that name the bad value."""
+"""Argument checks shared by the package: errors that name the parameter and the bad value."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
@@ -11,9 +13,15 @@ def check_int(name: str, value: object, *, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def check_range(name: str, value: object, low: float, high: float) -> None:
+def check_number(name: str, value: object, low: float, high: float) -> None:
     """``value`` must be a real number in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """``value`` must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

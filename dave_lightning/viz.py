@@ -16,7 +16,7 @@ import torch
 import torchvision
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -77,15 +77,69 @@ def overlay(
 
 def make_panel(columns: Sequence[torch.Tensor], pad: int = 2) -> torch.Tensor:
     """Put (3, H, W) images side by side, separated and framed by ``pad`` white pixels."""
-    return make_grid([columns], pad=pad)
+    return tile_rows([columns], pad=pad)
 
 
-def make_grid(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torch.Tensor:
+def tile_rows(rows: Sequence[Sequence[torch.Tensor]], pad: int = 2) -> torch.Tensor:
     """Tile equally long rows of (3, H, W) images into one (3, H', W') image with white gaps."""
     if len({len(row) for row in rows}) != 1:
         raise ValueError("all rows must have the same number of images")
     tiles = torch.stack([tile.detach().float().cpu() for row in rows for tile in row])
     return torchvision.utils.make_grid(tiles, nrow=len(rows[0]), padding=pad, pad_value=1.0)
+
+
+MIN_TILE = 128  # smaller tiles are enlarged (nearest neighbour) so panels stay readable
+TEXT_SIZE = 13
+TEXT_ROW = 20
+FRAME = 3
+
+
+def labelled_panel(
+    columns: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    caption: str | None = None,
+    frames: Sequence[tuple[float, float, float] | None] | None = None,
+) -> torch.Tensor:
+    """(3, H, W) images side by side with a title above each and an optional caption below.
+
+    Tiles smaller than 128 px are enlarged by an integer factor (nearest neighbour);
+    ``frames`` gives a colour per tile for a border drawn on it (e.g. red: a wrong prediction).
+    """
+    if len(columns) != len(titles):
+        raise ValueError(f"got {len(columns)} columns but {len(titles)} titles")
+    height = columns[0].shape[-2]
+    zoom = max(1, -(-MIN_TILE // height))
+    tiles = []
+    for index, column in enumerate(columns):
+        tile = column.detach().float().cpu().clamp(0, 1)
+        if zoom > 1:
+            tile = tile.repeat_interleave(zoom, -2).repeat_interleave(zoom, -1)
+        frame = None if frames is None else frames[index]
+        if frame is not None:
+            tile = tile.clone()
+            colour = torch.tensor(frame, dtype=tile.dtype).view(3, 1, 1)
+            tile[:, :FRAME], tile[:, -FRAME:] = colour, colour
+            tile[:, :, :FRAME], tile[:, :, -FRAME:] = colour, colour
+        tiles.append(tile)
+    body = make_panel(tiles)
+    rows = [_text_row(titles, body.shape[-1], tiles[0].shape[-1]), body]
+    if caption is not None:
+        rows.append(_text_row([caption], body.shape[-1], body.shape[-1]))
+    return torch.cat(rows, dim=1)
+
+
+def _text_row(texts: Sequence[str], width: int, cell: int, pad: int = 2) -> torch.Tensor:
+    """A white (3, TEXT_ROW, width) strip with each text centred over its ``cell``-wide slot."""
+    image = Image.new("RGB", (width, TEXT_ROW), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=TEXT_SIZE)
+    for index, text in enumerate(texts):
+        left = pad + index * (cell + pad)
+        text_width = draw.textlength(text, font=font)
+        x = left + max(0.0, (cell - text_width) / 2)
+        draw.text((x, (TEXT_ROW - TEXT_SIZE) / 2 - 1), text, fill="black", font=font)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    return pixels.float() / 255.0
 
 
 def figure_to_tensor(fig: Figure) -> torch.Tensor:

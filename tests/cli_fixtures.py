@@ -18,8 +18,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from dave_lightning.attribution import DAVESettings
 from dave_lightning.data import SyntheticShapes
-from dave_lightning.evaluation import ProbeEvaluator
+from dave_lightning.evaluation import EvaluationOptions, ProbeEvaluator
+from dave_lightning.models import ModelAdapter
 from dave_lightning.probe import Probe
 from dave_lightning.snapshot import save_snapshot
 
@@ -27,8 +29,10 @@ NUM_CLASSES = 4
 IMAGE_SIZE = 32
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
-FAST_ENGINE = {"n_samples": 2, "seed": 0}
-FAST_METRICS = ("energy_pg", "gini", "patch_artifact")
+FAST_ENGINE = DAVESettings(n_samples=2, seed=0)
+FAST_OPTIONS = EvaluationOptions(
+    metrics=("energy_pg", "gini", "patch_artifact"), compare_methods=()
+)
 
 
 def tiny_vit(embed_dim: int = 32) -> torch.nn.Module:
@@ -81,20 +85,13 @@ def synthetic_probe(count: int = 4, seed: int = 0) -> Probe:
 
 def write_run(log_dir: Path, steps: tuple[int, ...], probe: Probe) -> Path:
     """Snapshots as DAVEMonitor writes them, of a randomly re-initialised ViT per step."""
-    evaluator = ProbeEvaluator(probe, engine=FAST_ENGINE, metrics=FAST_METRICS, compare_methods=())
+    evaluator = ProbeEvaluator(probe, FAST_ENGINE, FAST_OPTIONS)
     for step in steps:
         torch.manual_seed(step)
-        evaluation = evaluator.evaluate(tiny_vit())
-        settings = evaluator.settings()
-        settings.update(mean=[0.5] * 3, std=[0.5] * 3)
-        save_snapshot(
-            log_dir / "dave",
-            evaluation,
-            epoch=step,
-            global_step=step,
-            settings=settings,
-            labels=probe.labels,
-        )
+        evaluation = evaluator.evaluate(ModelAdapter(tiny_vit()))
+        evaluation.epoch = evaluation.global_step = step
+        evaluation.settings = {**evaluator.settings(), "mean": [0.5] * 3, "std": [0.5] * 3}
+        save_snapshot(log_dir / "dave", evaluation)
     return log_dir
 
 

@@ -94,7 +94,7 @@ def test_fit_logs_scalars_images_and_snapshots_at_each_evaluation(tmp_path: Path
     paths = list_snapshots(Path(trainer.log_dir) / "dave")
     assert [p.name for p in paths] == ["step_00000000.pt", "step_00000003.pt", "step_00000006.pt"]
     # the run's first snapshot carries the probe images (for overlays in compare), no other
-    assert torch.equal(load_snapshot(paths[0])["images"], monitor._probe.images)
+    assert torch.equal(load_snapshot(paths[0])["images"], monitor.probe.images)
     record = load_snapshot(paths[-1])
     assert "images" not in record
     assert record["maps"].shape == (8, 1, 32, 32)
@@ -277,8 +277,8 @@ def test_val_probe_frozen_backbone_and_bf16(tmp_path: Path) -> None:
     module.model.blocks.requires_grad_(False)
     monitor = DAVEMonitor("val", num_probe=5, metrics=CHEAP_METRICS, **FAST)
     fit(tmp_path, [monitor], epochs=1, module=module, precision="bf16-mixed", logger=False)
-    assert monitor._probe.images.shape == (5, 3, 32, 32)
-    assert torch.equal(monitor._probe.images, loader(16, seed=1).dataset.tensors[0][:5])
+    assert monitor.probe.images.shape == (5, 3, 32, 32)
+    assert torch.equal(monitor.probe.images, loader(16, seed=1).dataset.tensors[0][:5])
     assert all(
         torch.isfinite(torch.tensor(list(h["metrics"].values()))).all() for h in monitor.history
     )
@@ -286,17 +286,17 @@ def test_val_probe_frozen_backbone_and_bf16(tmp_path: Path) -> None:
     assert module.model.head.weight.requires_grad
 
 
-def test_without_tensorboard_it_writes_pngs_and_snapshots(tmp_path: Path) -> None:
+def test_a_logger_without_images_gets_pngs_in_its_log_dir(tmp_path: Path) -> None:
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP_METRICS, **FAST)
-    with pytest.warns(UserWarning, match="no TensorBoardLogger"):
-        fit(tmp_path, [monitor], epochs=1, logger=CSVLogger(tmp_path))
+    logger = CSVLogger(tmp_path)
+    with pytest.warns(UserWarning, match="CSVLogger cannot show images"):
+        fit(tmp_path, [monitor], epochs=1, logger=logger)
     assert len(list_snapshots(monitor.snapshot_dir)) == 2
-    pngs = sorted(
-        p.relative_to(monitor.snapshot_dir).as_posix() for p in monitor.snapshot_dir.rglob("*.png")
-    )
-    assert "png/step_00000000/dave_probe_0.png" in pngs
-    assert "png/step_00000003/dave_progression_0.png" in pngs
-    csv = (Path(monitor.snapshot_dir).parent / "metrics.csv").read_text()
+    images = Path(logger.log_dir) / "images"
+    pngs = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    assert "step_00000000/dave_probe_0.png" in pngs
+    assert "step_00000003/dave_progression_0.png" in pngs
+    csv = (Path(logger.log_dir) / "metrics.csv").read_text()
     assert "dave/energy_pg" in csv
 
 

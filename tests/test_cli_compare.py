@@ -27,8 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dave_lightning import viz
 from dave_lightning.cli import main
-from dave_lightning.compare import drift_matrix
-from dave_lightning.metrics import attribution_drift
+from dave_lightning.metrics import attribution_drift, drift_matrix
 from dave_lightning.snapshot import load_snapshot
 
 FAST = ("--n-samples", "2", "--num-probe", "4", "--compare-methods", "--quiet")
@@ -67,9 +66,17 @@ def call_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, st
 
 
 def panel_size(columns: int, size: int = IMAGE_SIZE) -> tuple[int, int]:
-    """(width, height) of a ``viz.make_panel`` of ``columns`` square tiles."""
-    panel = viz.make_panel([torch.zeros(3, size, size)] * columns)
+    """(width, height) of a labelled panel of ``columns`` square tiles with a caption."""
+    panel = viz.labelled_panel([torch.zeros(3, size, size)] * columns, [""] * columns, "caption")
     return panel.shape[2], panel.shape[1]
+
+
+def tile(panel: torch.Tensor, column: int, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Tile ``column`` of a labelled panel (H, W, 3), shrunk back to ``size`` px, border cut."""
+    zoom = -(-viz.MIN_TILE // size)
+    top, left = viz.TEXT_ROW + 2, 2 + column * (zoom * size + 2)
+    zoomed = panel[top : top + zoom * size, left : left + zoom * size]
+    return zoomed[zoom // 2 :: zoom, zoom // 2 :: zoom][1:-1, 1:-1]
 
 
 def read_matrix(path: Path) -> tuple[list[str], np.ndarray]:
@@ -151,9 +158,10 @@ def test_snapshots_with_probe_images_get_overlays(
     panel = torch.from_numpy(np.asarray(Image.open(tmp_path / "report" / "maps_probe_2.png")))
     images01 = probe.images[2:3].half().float() * 0.5 + 0.5
     maps = [load_snapshot(tmp_path / f"step_{step:08d}.pt")["maps"][2:3] for step in (0, 1)]
-    expected = viz.make_panel([images01[0], *(viz.overlay(images01, m)[0] for m in maps)])
-    expected = (expected * 255).round().permute(1, 2, 0)
-    torch.testing.assert_close(panel.float(), expected, atol=1, rtol=0)
+    columns = [images01[0], *(viz.overlay(images01, m)[0] for m in maps)]
+    for index, expected in enumerate(columns):
+        expected = (expected * 255).round().permute(1, 2, 0)[1:-1, 1:-1]
+        torch.testing.assert_close(tile(panel, index).float(), expected, atol=1, rtol=0)
 
 
 def test_drift_matrix_matches_attribution_drift() -> None:

@@ -69,7 +69,7 @@ def test_explain_timm_model(images: Path, weights: Path, tmp_path: Path) -> None
     assert torch.equal(record["targets"], record["predictions"])
     assert ((record["probabilities"] > 0) & (record["probabilities"] <= 1)).all()
     assert [Path(f).name for f in record["files"]] == ["shape_0.png", "shape_1.png"]
-    panel = viz.make_panel([torch.zeros(3, size, size)] * 2)
+    panel = viz.labelled_panel([torch.zeros(3, size, size)] * 2, ["", ""], "caption")
     assert Image.open(tmp_path / "000_shape_0.png").size == (panel.shape[2], panel.shape[1])
 
     model = timm.create_model(TIMM_MODEL, num_classes=NUM_CLASSES)

@@ -9,12 +9,12 @@ from torch import nn
 from dave_lightning import DAVE, InputXEffective, InputXGradient
 from dave_lightning.attribution.aggregation import (
     RESERVOIR_SAMPLES,
-    StreamingRobustMean,
+    SampleAccumulator,
     robust_mean,
     sample_order,
 )
-from dave_lightning.attribution.model_info import patch_size
 from dave_lightning.attribution.postprocess import bilateral_filter, postprocess
+from dave_lightning.models import ModelAdapter
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_patch_size_is_the_stride_of_the_token_grid(name: str, expected: int) ->
         assert 64 / tokens**0.5 == expected
     else:
         model = MODEL_ZOO[name]()
-    assert patch_size(nn.Sequential(model)) == expected  # found inside a wrapping module too
+    assert ModelAdapter(nn.Sequential(model)).patch_size == expected  # found inside a wrapper
 
 
 def test_noise_alpha_from_the_reference_table() -> None:
@@ -172,7 +172,7 @@ def test_noise_alpha_from_the_reference_table() -> None:
     assert DAVE(small, noise_alpha=None).noise_alpha == 0.1
     deit3 = timm.create_model("deit3_base_patch16_224", img_size=32, depth=1, num_classes=3)
     assert DAVE(deit3, noise_alpha=None).noise_alpha == 0.9
-    with pytest.raises(ValueError, match="pass noise_alpha explicitly"):
+    with pytest.raises(ValueError, match="pass noise_alpha"):
         DAVE(timm_vit(), noise_alpha=None)
 
 
@@ -183,12 +183,31 @@ def test_robust_mean_known_answer() -> None:
     assert robust_mean(torch.full((5, 2), 4.0)).tolist() == [4.0, 4.0]
 
 
+def _accumulate(samples: torch.Tensor, order: torch.Tensor, block: int) -> SampleAccumulator:
+    accumulator = SampleAccumulator()
+    for ids in order.split(block):
+        accumulator.add(samples[ids], ids % 2)
+    return accumulator
+
+
 def test_streaming_robust_mean_is_exact_within_the_reservoir() -> None:
     samples = torch.randn(40, 3, 4, 4)
-    accumulator = StreamingRobustMean(40)
-    for block in samples[sample_order(40)].split(7):
-        accumulator.add(block)
-    torch.testing.assert_close(accumulator.result(), robust_mean(samples))
+    accumulator = _accumulate(samples, sample_order(40), 7)
+    torch.testing.assert_close(accumulator.means()[0], robust_mean(samples))
+
+
+def test_halves_share_the_full_sample_keep_rule() -> None:
+    """Each half is the mean of its kept samples, kept by the median and MAD of all samples."""
+    samples = torch.randn(40, 5)
+    samples[::7] += 30.0
+    all_, even, odd = _accumulate(samples, torch.arange(40), 6).means()
+    median = samples.median(0).values
+    keep = (samples - median).abs() <= 2.5 * 1.4826 * (samples - median).abs().median(0).values
+    for half, mean in ((0, even), (1, odd)):
+        rows = torch.arange(40) % 2 == half
+        expected = (samples * keep)[rows].sum(0) / keep[rows].sum(0)
+        torch.testing.assert_close(mean, expected)
+    torch.testing.assert_close(all_, robust_mean(samples))
 
 
 def test_streaming_robust_mean_beyond_the_reservoir_uses_a_spread_subset() -> None:
@@ -197,20 +216,19 @@ def test_streaming_robust_mean_beyond_the_reservoir_uses_a_spread_subset() -> No
     samples[::10] += 50.0  # outliers
     order = sample_order(n)
     assert sorted(order.tolist()) == list(range(n))
-    accumulator = StreamingRobustMean(n)
-    for block in samples[order].split(13):
-        accumulator.add(block)
+    accumulator = _accumulate(samples, order, 13)
     reservoir = samples[order[:RESERVOIR_SAMPLES]]
     median = reservoir.median(0).values
     mad = (reservoir - median).abs().median(0).values
     keep = (samples - median).abs() <= 2.5 * 1.4826 * mad
     expected = (samples * keep).sum(0) / keep.sum(0)
-    torch.testing.assert_close(accumulator.result(), expected)
+    torch.testing.assert_close(accumulator.means()[0], expected)
     assert expected.abs().max() < 1.0  # the outliers were dropped
 
 
-def test_peak_memory_of_aggregation_does_not_grow_with_n_samples() -> None:
-    assert StreamingRobustMean(10_000).reservoir_size == RESERVOIR_SAMPLES
+def test_aggregation_holds_at_most_a_reservoir_of_samples() -> None:
+    accumulator = _accumulate(torch.randn(500, 2), torch.arange(500), 50)
+    assert accumulator.reservoir_size == RESERVOIR_SAMPLES and accumulator._reservoir == []
 
 
 def test_postprocess_keeps_the_positive_part_and_normalises() -> None:

@@ -76,10 +76,10 @@ def test_make_panel_and_grid_lay_images_out_with_white_padding() -> None:
     assert torch.equal(panel[:, 2:6, 2:7], columns[0])
     assert torch.equal(panel[:, 2:6, 9:14], columns[1])
     assert torch.equal(panel[:, :2], torch.ones(3, 2, panel.shape[2]))
-    grid = viz.make_grid([columns, columns], pad=1)
+    grid = viz.tile_rows([columns, columns], pad=1)
     assert grid.shape == (3, 2 * 4 + 3, 3 * 5 + 4)
     with pytest.raises(ValueError, match="same number"):
-        viz.make_grid([columns, columns[:2]])
+        viz.tile_rows([columns, columns[:2]])
 
 
 def test_figure_to_tensor_renders_an_rgb_image() -> None:

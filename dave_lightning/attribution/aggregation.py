@@ -1,8 +1,11 @@
-"""Robust mean over attribution samples: keep values within 2.5 scaled MADs of the median.
+"""Aggregation over attribution samples: the robust mean, streamed, with two interleaved halves.
 
-Exact when an image's samples fit the reservoir; beyond that the median and MAD come from an
-evenly spaced subset of the samples and every sample is then streamed through the keep-rule,
-so memory stays bounded whatever the number of samples (DESIGN §2.2 step 5, issue 2 point 4).
+The robust mean keeps the values within 2.5 scaled MADs of the median (docs/method.md, step 5).
+It is exact while an image's samples fit the reservoir; beyond that the median and MAD come
+from the first reservoir's worth of samples (an evenly spaced subset, see :func:`sample_order`)
+and every later sample is streamed through the keep-rule, so memory stays bounded whatever the
+number of samples. Besides the mean over all samples, the accumulator keeps the means of the
+even- and odd-numbered samples, the two halves whose agreement is the map's reliability.
 """
 
 from __future__ import annotations
@@ -40,43 +43,67 @@ def sample_order(n_samples: int) -> torch.Tensor:
     return torch.cat([first, rest.nonzero().squeeze(1)])
 
 
-class StreamingRobustMean:
-    """Accumulates one image's samples (in :func:`sample_order`) into the robust mean."""
+class SampleAccumulator:
+    """One image's samples → their (robust) mean, and the means of its two halves.
 
-    def __init__(self, n_samples: int) -> None:
-        self.n_samples = n_samples
-        self.reservoir_size = min(n_samples, RESERVOIR_SAMPLES)
-        self._reservoir: list[torch.Tensor] = []
-        self._seen = 0
-        self._median = self._threshold = self._sum = self._count = None
+    ``robust=False`` keeps every value (a plain mean). Samples may come in any number of
+    blocks; :meth:`means` can be read at any time, and more samples added afterwards.
+    """
 
-    def add(self, samples: torch.Tensor) -> None:
-        """Add a block of samples (S, ...) of this image."""
-        self._seen += samples.shape[0]
-        if self._sum is None:
-            take = min(samples.shape[0], self.reservoir_size - sum(len(r) for r in self._reservoir))
-            self._reservoir.append(samples[:take])
-            samples = samples[take:]
-            if sum(len(r) for r in self._reservoir) == self.reservoir_size:
-                self._close_reservoir()
+    def __init__(self, *, robust: bool = True, reservoir_size: int = RESERVOIR_SAMPLES) -> None:
+        self.robust = robust
+        self.reservoir_size = reservoir_size if robust else 0
+        self._reservoir: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._median: torch.Tensor | None = None
+        self._threshold: torch.Tensor | None = None
+        self._sums: list[torch.Tensor] | None = None  # all samples, then the two halves
+        self._counts: list[torch.Tensor] | None = None
+
+    def add(self, samples: torch.Tensor, halves: torch.Tensor) -> None:
+        """Add a block of samples (S, ...) and the half (0 or 1) each belongs to, (S,)."""
+        if self._sums is None and self.robust:
+            room = self.reservoir_size - sum(len(s) for s, _ in self._reservoir)
+            self._reservoir.append((samples[:room], halves[:room]))
+            samples, halves = samples[room:], halves[room:]
+            if room <= len(self._reservoir[-1][0]):
+                self._close()
         if samples.shape[0]:
-            self._accumulate(samples)
+            self._accumulate(samples, halves)
 
-    def result(self) -> torch.Tensor:
-        """The robust mean over all ``n_samples`` samples."""
-        if self._seen != self.n_samples or self._sum is None:
-            raise RuntimeError(f"expected {self.n_samples} samples, got {self._seen}")
-        return self._sum / self._count
+    def means(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mean over all samples and over each half (NaN where a half has no samples)."""
+        if self._reservoir:
+            pending = SampleAccumulator(robust=self.robust, reservoir_size=0)
+            pending._start(*_cat(self._reservoir))
+            return pending.means()
+        sums, counts = self._sums, self._counts
+        return sums[0] / counts[0], sums[1] / counts[1], sums[2] / counts[2]
 
-    def _close_reservoir(self) -> None:
-        reservoir = torch.cat(self._reservoir)
+    def _close(self) -> None:
+        self._start(*_cat(self._reservoir))
         self._reservoir = []
-        self._median, self._threshold = _median_and_threshold(reservoir, 0)
-        self._sum = torch.zeros_like(reservoir[0])
-        self._count = torch.zeros_like(reservoir[0])
-        self._accumulate(reservoir)
 
-    def _accumulate(self, samples: torch.Tensor) -> None:
-        keep = (samples - self._median).abs() <= self._threshold
-        self._sum += (samples * keep).sum(0)
-        self._count += keep.sum(0)
+    def _start(self, samples: torch.Tensor, halves: torch.Tensor) -> None:
+        if self.robust:
+            self._median, self._threshold = _median_and_threshold(samples, 0)
+        self._accumulate(samples, halves)
+
+    def _accumulate(self, samples: torch.Tensor, halves: torch.Tensor) -> None:
+        if self.robust:
+            keep = (samples - self._median).abs() <= self._threshold
+            kept = samples * keep
+        else:
+            keep, kept = torch.ones_like(samples, dtype=torch.bool), samples
+        if self._sums is None:
+            self._sums = [torch.zeros_like(samples[0]) for _ in range(3)]
+            self._counts = [torch.zeros_like(samples[0]) for _ in range(3)]
+        self._sums[0] += kept.sum(0)
+        self._counts[0] += keep.sum(0)
+        for half in (0, 1):
+            rows = halves == half
+            self._sums[1 + half] += kept[rows].sum(0)
+            self._counts[1 + half] += keep[rows].sum(0)
+
+
+def _cat(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([s for s, _ in blocks]), torch.cat([h for _, h in blocks])

@@ -1,4 +1,4 @@
-"""Effective mode: autograd through a ViT yields its effective transformation (DESIGN §2.1).
+"""Effective mode: autograd through a ViT yields its effective transformation (docs/method.md).
 
 Every ViT layer is F(X) = L(X)·X + B with an input-dependent operator L(X). Inside
 :func:`effective_mode`, the functional operations that build L(X) — attention matrices,

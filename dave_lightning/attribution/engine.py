@@ -1,48 +1,79 @@
-"""The DAVE attribution engine (DESIGN §2.2): equivariant, noise-averaged effective gradients.
+"""The DAVE attribution engine: equivariant, noise-averaged effective gradients (docs/method.md).
 
 Every (image, sample) pair is one item; items of several images and samples share a forward and
-backward pass of at most ``batch_size`` items. Transformations come from one generator seeded
-by ``seed``, and each item's noise from a generator seeded by (seed, image, sample), so maps do
-not depend on the batch size and the global RNG is never touched.
+backward pass of at most ``batch_size`` items. Transformations come from a generator seeded by
+``seed``, each item's noise from a generator seeded by (seed, image, sample), so maps depend
+neither on the batch size nor on which other images are attributed with them (``first_index``),
+and the global RNG is never touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dave_lightning.attribution.aggregation import StreamingRobustMean, sample_order
-from dave_lightning.attribution.effective import effective_mode
-from dave_lightning.attribution.model_info import (
-    attribution_context,
-    input_channels,
-    model_device,
-    reference_noise_alpha,
+from dave_lightning.attribution.aggregation import SampleAccumulator, sample_order
+from dave_lightning.attribution.gradients import (
+    auto_batch_size,
+    channel_sum,
+    check_inputs,
+    chunks,
+    gradient_contributions,
+    target_gradient,
 )
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
-from dave_lightning.attribution.transforms import AffineParams, sample_affine, warp
-from dave_lightning.validation import check_int, check_range
+from dave_lightning.attribution.reliability import split_half_reliability
+from dave_lightning.attribution.settings import DAVESettings
+from dave_lightning.attribution.transforms import AffineParams, sample_affine
+from dave_lightning.models import ModelAdapter
+from dave_lightning.models.encoding import InputEncoding, resolve_encoding
 
 COMPONENTS = ("input_x_gradient", "input_x_effective", "input_x_equivariant", "dave")
-AGGREGATIONS = ("mad", "mean")
-# Items per pass when batch_size=None: as many as 32 images of 224 × 224 pixels.
-AUTO_PIXELS_PER_PASS = 32 * 224 * 224
+
+Maps = torch.Tensor | dict[str, torch.Tensor]
+
+
+@dataclass
+class _Items:
+    """A block of (image, sample) items: local image index, sample id and noise level each."""
+
+    image: torch.Tensor
+    sample: torch.Tensor
+    level: torch.Tensor
+    params: AffineParams
 
 
 class DAVE:
     """DAVE attributions for a classifier: ``DAVE(model).attribute(images, target)``.
 
-    ``model`` maps normalised images (B, C, H, W) to logits (B, classes). Maps come back as
-    (B, 1, H, W), in [0, 1] when ``postprocess`` is on, signed channel sums otherwise.
-    ``noise_alpha=None`` takes the paper's value for the model's timm family.
+    Args:
+        model: an ``nn.Module`` mapping normalised images (B, C, H, W) to logits (B, classes),
+            or to an output holding them (``.logits``, a tuple's first element).
+        n_samples: transformed, noised samples per image.
+        noise_alpha: the largest noise level; ``None`` takes the paper's value for the model's
+            family (timm and HuggingFace DeiT-III, DeiT and ViT base/small patch 16).
+        hflip_prob, rotation, translation, scale: the transformation distribution.
+        aggregation: ``"mad"`` (robust mean) or ``"mean"``.
+        postprocess: sum channels, smooth and max-normalise the maps to [0, 1].
+        batch_size: items (samples of any image) per forward/backward pass, the memory cap;
+            ``None`` picks one for the images' size.
+        seed: seed of the engine's own generators.
+        target_reliability: adaptive sampling: images whose map reliability is below it draw
+            more samples, up to ``max_samples`` per image.
+        max_samples: the cap of adaptive sampling.
+        input_encoding: ``"none"`` or ``"add_inverse"`` (B-cos inputs ``[x, 1 − x]``);
+            ``None`` takes the model's own, else detects it from the images.
+
+    Raises:
+        TypeError, ValueError: for a setting out of bounds, or ``noise_alpha=None`` on a model
+            without a reference value.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | ModelAdapter,
         *,
         n_samples: int = 50,
         noise_alpha: float | None = 0.5,
@@ -54,20 +85,11 @@ class DAVE:
         postprocess: bool = True,
         batch_size: int | None = None,
         seed: int = 0,
+        target_reliability: float | None = None,
+        max_samples: int | None = None,
+        input_encoding: str | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model must be a torch.nn.Module returning logits, got {type(model).__name__}; "
-                "wrap a plain function in an nn.Module whose forward calls it"
-            )
-        if noise_alpha is None:
-            noise_alpha = reference_noise_alpha(model)
-            if noise_alpha is None:
-                raise ValueError(
-                    "noise_alpha=None needs a timm model whose family has a reference value "
-                    "(deit3/deit/vit base or small, patch 16); pass noise_alpha explicitly"
-                )
-        check_settings(
+        settings = DAVESettings(
             n_samples=n_samples,
             noise_alpha=noise_alpha,
             hflip_prob=hflip_prob,
@@ -75,281 +97,269 @@ class DAVE:
             translation=translation,
             scale=scale,
             aggregation=aggregation,
+            postprocess=postprocess,
             batch_size=batch_size,
             seed=seed,
+            target_reliability=target_reliability,
+            max_samples=max_samples,
         )
-        self.model = model
-        self.n_samples = n_samples
-        self.noise_alpha = float(noise_alpha)
-        self.hflip_prob = float(hflip_prob)
-        self.rotation = float(rotation)
-        self.translation = float(translation)
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.aggregation = aggregation
-        self.postprocess = postprocess
-        self.batch_size = batch_size
-        self.seed = seed
+        self._init(model, settings, input_encoding)
 
-    def settings(self) -> dict[str, object]:
-        """The engine's settings as plain values (for snapshots and reports)."""
-        return {
-            "n_samples": self.n_samples,
-            "noise_alpha": self.noise_alpha,
-            "hflip_prob": self.hflip_prob,
-            "rotation": self.rotation,
-            "translation": self.translation,
-            "scale": list(self.scale),
-            "aggregation": self.aggregation,
-            "postprocess": self.postprocess,
-            "seed": self.seed,
-        }
+    @classmethod
+    def from_settings(
+        cls,
+        model: nn.Module | ModelAdapter,
+        settings: DAVESettings,
+        input_encoding: str | None = None,
+    ) -> DAVE:
+        """The engine for ``model`` with ``settings``."""
+        engine = cls.__new__(cls)
+        engine._init(model, settings, input_encoding)
+        return engine
+
+    def _init(
+        self,
+        model: nn.Module | ModelAdapter,
+        settings: DAVESettings,
+        input_encoding: str | None,
+    ) -> None:
+        self.adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        if settings.noise_alpha is None:
+            reference = self.adapter.reference_noise_alpha
+            if reference is None:
+                raise ValueError(
+                    "noise_alpha=None needs a model whose family has a reference value (timm or "
+                    "HuggingFace DeiT-III, DeiT or ViT, base or small, patch 16); pass "
+                    "noise_alpha explicitly"
+                )
+            settings = settings.with_noise_alpha(reference)
+        self.settings = settings
+        self.input_encoding = input_encoding
+
+    @property
+    def model(self) -> nn.Module:
+        """The attributed model."""
+        return self.adapter.model
+
+    @property
+    def noise_alpha(self) -> float:
+        """The noise level in use (the reference value when ``noise_alpha=None`` was given)."""
+        return self.settings.noise_alpha
 
     def attribute(
         self,
         images: torch.Tensor,
         target: torch.Tensor | int,
         return_components: bool = False,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """DAVE maps (B, 1, H, W) for ``target`` classes; with components, a dict by stage."""
-        images, target = check_inputs(self.model, images, target)
+        return_reliability: bool = False,
+        *,
+        first_index: int = 0,
+    ) -> Maps | tuple[Maps, torch.Tensor]:
+        """DAVE maps (B, 1, H, W) of ``target`` classes (an int or a (B,) integer tensor).
+
+        Args:
+            images: (B, C, H, W) inputs, normalised as the model expects.
+            target: the class to explain per image.
+            return_components: return a dict with the progressive view (``COMPONENTS``).
+            return_reliability: also return each map's split-half reliability, (B,).
+            first_index: the index of ``images[0]`` within a larger set whose maps this call
+                reproduces (used to attribute a probe in shards).
+
+        Returns:
+            Maps in [0, 1] with ``postprocess``, signed channel sums without; with
+            ``return_reliability``, a ``(maps, reliability)`` pair.
+
+        Raises:
+            TypeError, ValueError: for malformed images or targets, before any model pass.
+        """
+        images, target = check_inputs(self.adapter, images, target)
+        encoding = resolve_encoding(self.input_encoding, self.adapter, images)
         out_device = images.device
-        with attribution_context(self.model):
-            device = model_device(self.model)
-            images = images.to(device, torch.float32).clone()
+        with self.adapter.attribution():
+            device = self.adapter.device
+            source = images.to(device, torch.float32).clone()
             target = target.to(device)
-            batch_size = self.batch_size or auto_batch_size(images)
-            params = sample_affine(
-                images.shape[0] * self.n_samples,
-                generator=torch.Generator().manual_seed(self.seed),
-                hflip_prob=self.hflip_prob,
-                rotation=self.rotation,
-                translation=self.translation,
-                scale=self.scale,
-            )
-            contributions = {"dave": self._sampled(images, target, params, batch_size, True)}
+            batch_size = self.settings.batch_size or auto_batch_size(source)
+            sampled = self._sampled(source, target, batch_size, encoding, first_index, True)
+            contributions = {"dave": sampled[0]}
             if return_components:
-                contributions["input_x_gradient"] = gradient_contributions(
-                    self.model, images, target, batch_size, effective=False
+                contributions.update(
+                    self._components(source, target, batch_size, encoding, first_index)
                 )
-                contributions["input_x_effective"] = gradient_contributions(
-                    self.model, images, target, batch_size, effective=True
-                )
-                contributions["input_x_equivariant"] = (
-                    contributions["dave"]
-                    if self.noise_alpha == 0
-                    else self._sampled(images, target, params, batch_size, False)
-                )
-            finish = postprocess_maps if self.postprocess else channel_sum
+                if "input_x_equivariant" not in contributions:
+                    contributions["input_x_equivariant"] = contributions["dave"]
+            finish = postprocess_maps if self.settings.postprocess else channel_sum
             maps = {name: finish(values).to(out_device) for name, values in contributions.items()}
-        return {name: maps[name] for name in COMPONENTS} if return_components else maps["dave"]
+            if return_reliability:
+                reliability = split_half_reliability(sampled[1], sampled[2]).to(out_device)
+        result = {name: maps[name] for name in COMPONENTS} if return_components else maps["dave"]
+        return (result, reliability) if return_reliability else result
 
     __call__ = attribute
 
+    def _components(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        batch_size: int,
+        encoding: InputEncoding,
+        first_index: int,
+    ) -> dict[str, torch.Tensor]:
+        """Contributions of the progressive view's other stages."""
+        parts = {
+            "input_x_gradient": gradient_contributions(
+                self.adapter, source, target, batch_size, effective=False
+            ),
+            "input_x_effective": gradient_contributions(
+                self.adapter, source, target, batch_size, effective=True
+            ),
+        }
+        if self.settings.noise_alpha != 0:
+            parts["input_x_equivariant"] = self._sampled(
+                source, target, batch_size, encoding, first_index, False, adaptive=False
+            )[0]
+        return parts
+
     def _sampled(
         self,
-        images: torch.Tensor,
+        source: torch.Tensor,
         target: torch.Tensor,
-        params: AffineParams,
         batch_size: int,
+        encoding: InputEncoding,
+        first_index: int,
         noisy: bool,
-    ) -> torch.Tensor:
-        """Robust mean over samples of (transformed, noised) effective gradient × input."""
-        n_images, n = images.shape[0], self.n_samples
-        levels = torch.linspace(0.0, self.noise_alpha, n, device=images.device)
-        order = sample_order(n).to(images.device)
-        item_image = torch.arange(n_images, device=images.device).repeat_interleave(n)
-        item_sample = order.repeat(n_images)
-        accumulators = [self._accumulator() for _ in range(n_images)]
-        for chunk in _chunks(n_images * n, batch_size):
-            image_idx, sample_idx = item_image[chunk], item_sample[chunk]
-            source = images[image_idx].requires_grad_()
-            warped = warp(source, params.index((image_idx * n + sample_idx).cpu()))
-            if noisy:
-                keep = (1.0 - levels[sample_idx]).view(-1, 1, 1, 1)
-                noise = self._noise(image_idx, sample_idx, images.shape[1:])
-                warped = torch.addcmul(noise.mul_(torch.sqrt(1.0 - keep**2)), keep, warped)
-            grad = _target_gradient(self.model, source, warped, target[image_idx], effective=True)
-            contribution = grad * source.detach()
-            for image in image_idx.unique().tolist():
-                accumulators[image].add(contribution[image_idx == image])
-        return torch.stack([acc.result() for acc in accumulators])
+        *,
+        adaptive: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Robust) means over samples of effective gradient × input: all, and both halves."""
+        settings = self.settings
+        accumulators = [
+            SampleAccumulator(robust=settings.aggregation == "mad") for _ in range(len(source))
+        ]
+        active = torch.arange(len(source), device=source.device)
+        drawn = settings.n_samples
+        items = self._first_round(len(source), first_index, source.device)
+        for round_ in range(1, 64):
+            self._run(source, target, items, batch_size, encoding, first_index, noisy, accumulators)
+            means = _stack_means(accumulators)
+            if not adaptive or settings.target_reliability is None:
+                return means
+            reliability = split_half_reliability(means[1][active], means[2][active])
+            active = active[~(reliability >= settings.target_reliability)]
+            if len(active) == 0 or drawn >= settings.max_samples:
+                return means
+            items, drawn = self._next_round(active, drawn, round_, first_index)
+        raise RuntimeError("adaptive sampling did not finish")  # unreachable: drawn doubles
 
-    def _accumulator(self) -> StreamingRobustMean | _Mean:
-        return StreamingRobustMean(self.n_samples) if self.aggregation == "mad" else _Mean()
+    def _first_round(self, n_images: int, first_index: int, device: torch.device) -> _Items:
+        """All images × ``n_samples`` items, each image's reservoir subset first."""
+        n = self.settings.n_samples
+        levels = torch.linspace(0.0, self.settings.noise_alpha, n, device=device)
+        image = torch.arange(n_images, device=device).repeat_interleave(n)
+        sample = sample_order(n).to(device).repeat(n_images)
+        table = self._transforms((first_index + n_images) * n, self.settings.seed)
+        return _Items(
+            image, sample, levels[sample], table.index(((first_index + image) * n + sample).cpu())
+        )
+
+    def _next_round(
+        self, active: torch.Tensor, drawn: int, round_: int, first_index: int
+    ) -> tuple[_Items, int]:
+        """More samples for the ``active`` images: the midpoints of the noise schedule so far.
+
+        After ``drawn`` samples on linspace(0, noise_alpha, drawn), the next round adds the
+        ``drawn − 1`` midpoints (fewer at the ``max_samples`` cap), so the levels stay evenly
+        spread and every sample already drawn is reused.
+        """
+        count = min(drawn - 1, self.settings.max_samples - drawn)
+        fine = torch.linspace(0.0, self.settings.noise_alpha, 2 * drawn - 1, device=active.device)
+        levels = fine[1::2][:count]
+        n_images = int(active.max()) + 1
+        image = active.repeat_interleave(count)
+        position = torch.arange(count, device=active.device).repeat(len(active))
+        seed = _round_seed(self.settings.seed, round_)
+        table = self._transforms((first_index + n_images) * count, seed)
+        params = table.index(((first_index + image) * count + position).cpu())
+        return _Items(image, drawn + position, levels[position], params), drawn + count
+
+    def _transforms(self, count: int, seed: int) -> AffineParams:
+        settings = self.settings
+        return sample_affine(
+            count,
+            generator=torch.Generator().manual_seed(seed),
+            hflip_prob=settings.hflip_prob,
+            rotation=settings.rotation,
+            translation=settings.translation,
+            scale=settings.scale,
+        )
+
+    def _run(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        items: _Items,
+        batch_size: int,
+        encoding: InputEncoding,
+        first_index: int,
+        noisy: bool,
+        accumulators: list[SampleAccumulator],
+    ) -> None:
+        """Effective gradient × input of every item, added to its image's accumulator."""
+        for chunk in chunks(len(items.image), batch_size):
+            image_idx, sample_idx = items.image[chunk], items.sample[chunk]
+            inputs = source[image_idx].requires_grad_()
+            keep = noise = None
+            if noisy:
+                keep = (1.0 - items.level[chunk]).view(-1, 1, 1, 1)
+                noise = self._noise(first_index + image_idx, sample_idx, encoding, source.shape[1:])
+            params = items.params.index(_cpu_range(chunk))
+            model_input = encoding.perturb(inputs, params, keep, noise)
+            grad = target_gradient(
+                self.adapter, inputs, model_input, target[image_idx], effective=True
+            )
+            contribution = grad * inputs.detach()
+            halves = sample_idx % 2
+            for image in image_idx.unique().tolist():
+                rows = image_idx == image
+                accumulators[image].add(contribution[rows], halves[rows])
 
     def _noise(
-        self, image_idx: torch.Tensor, sample_idx: torch.Tensor, shape: torch.Size
+        self,
+        image_idx: torch.Tensor,
+        sample_idx: torch.Tensor,
+        encoding: InputEncoding,
+        shape: torch.Size,
     ) -> torch.Tensor:
         """Standard normal noise per item from a generator seeded by (seed, image, sample)."""
         device = image_idx.device
-        noise = torch.empty(len(image_idx), *shape, device=device)
+        noise_shape = (encoding.noise_channels(shape[0]), *shape[1:])
+        noise = torch.empty(len(image_idx), *noise_shape, device=device)
         for row, (image, sample) in enumerate(
             zip(image_idx.tolist(), sample_idx.tolist(), strict=True)
         ):
-            generator = torch.Generator(device).manual_seed(_item_seed(self.seed, image, sample))
+            generator = torch.Generator(device).manual_seed(
+                _item_seed(self.settings.seed, image, sample)
+            )
             noise[row].normal_(generator=generator)
         return noise
 
 
-@dataclass
-class _Mean:
-    """Plain mean accumulator (``aggregation="mean"``)."""
-
-    total: torch.Tensor | int = 0
-    count: int = 0
-
-    def add(self, samples: torch.Tensor) -> None:
-        self.total = self.total + samples.sum(0)
-        self.count += samples.shape[0]
-
-    def result(self) -> torch.Tensor:
-        return self.total / self.count
+def _stack_means(
+    accumulators: list[SampleAccumulator],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    means = [acc.means() for acc in accumulators]
+    return tuple(torch.stack([m[part] for m in means]) for part in range(3))
 
 
-def gradient_contributions(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: torch.Tensor,
-    batch_size: int,
-    *,
-    effective: bool,
-) -> torch.Tensor:
-    """Gradient (plain or effective) of the target logit × input, (B, C, H, W), in chunks.
-
-    Call inside :func:`attribution_context`; ``images`` and ``target`` on the model's device.
-    """
-    out = torch.empty_like(images)
-    for chunk in _chunks(images.shape[0], batch_size):
-        source = images[chunk].requires_grad_()
-        grad = _target_gradient(model, source, source, target[chunk], effective=effective)
-        out[chunk] = grad * source.detach()
-    return out
-
-
-def check_settings(
-    *,
-    n_samples: int,
-    noise_alpha: float | None,
-    hflip_prob: float,
-    rotation: float,
-    translation: float,
-    scale: tuple[float, float],
-    aggregation: str,
-    batch_size: int | None,
-    seed: int,
-) -> None:
-    """Raise a clear error for any engine setting out of bounds (``noise_alpha=None`` passes)."""
-    check_int("n_samples", n_samples, minimum=1)
-    if noise_alpha is not None:
-        check_range("noise_alpha", noise_alpha, 0.0, 1.0)
-    check_range("hflip_prob", hflip_prob, 0.0, 1.0)
-    check_range("rotation", rotation, 0.0, 180.0)
-    check_range("translation", translation, 0.0, 1.0)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if batch_size is not None:
-        check_int("batch_size", batch_size, minimum=1)
-    check_int("seed", seed, minimum=0)
-
-
-def channel_sum(contributions: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) → (B, 1, H, W) signed sum over channels (maps without post-processing)."""
-    return contributions.sum(1, keepdim=True)
-
-
-def auto_batch_size(images: torch.Tensor) -> int:
-    """Items per pass when the caller gives none: a fixed pixel budget per pass."""
-    return max(1, AUTO_PIXELS_PER_PASS // (images.shape[-2] * images.shape[-1]))
-
-
-def check_inputs(
-    model: nn.Module, images: torch.Tensor, target: torch.Tensor | int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate images and targets before any work; returns target as a (B,) long tensor."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(
-            f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}; "
-            "add a batch dimension with images.unsqueeze(0) for a single image"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a floating-point tensor normalised for the model, got {images.dtype}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch; pass at least one image")
-    channels = input_channels(model)
-    if channels is not None and images.shape[1] != channels:
-        raise ValueError(
-            f"images have {images.shape[1]} channels but the model expects {channels}; "
-            "convert the images (e.g. grayscale → RGB with images.expand(-1, 3, -1, -1))"
-        )
-    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
-        raise TypeError(f"target must be an int or an integer tensor, got {type(target).__name__}")
-    if isinstance(target, int):
-        target = torch.full((images.shape[0],), target, dtype=torch.long)
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if target.dim() == 0:
-        target = target.expand(images.shape[0])
-    if target.dim() != 1 or target.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"target has shape {tuple(target.shape)} but images hold {images.shape[0]} images; "
-            "pass one class index per image, shape (B,), or a single int"
-        )
-    if (target < 0).any():
-        raise ValueError(f"target holds negative class indices {target.tolist()}")
-    return images, target.long()
-
-
-def _target_gradient(
-    model: nn.Module,
-    source: torch.Tensor,
-    model_input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    effective: bool,
-) -> torch.Tensor:
-    """d logit_target(model_input) / d source, one row per item (``torch.autograd.grad``)."""
-    if effective:
-        with effective_mode():
-            logits = model(model_input)
-    else:
-        logits = model(model_input)
-    selected = select_logits(logits, target)
-    (grad,) = torch.autograd.grad(selected.sum(), source)
-    return grad
-
-
-def select_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The target logit of each row, with clear errors for bad outputs and classes."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(
-            f"the model must return logits of shape (B, classes), got {shape}; "
-            "wrap it so that forward returns the classification logits"
-        )
-    if int(target.max()) >= logits.shape[1]:
-        raise ValueError(
-            f"target class {int(target.max())} is out of range for {logits.shape[1]} logits; "
-            f"class indices must be in [0, {logits.shape[1] - 1}]"
-        )
-    if not torch.isfinite(logits).all():
-        raise ValueError(
-            "the model produced non-finite logits (NaN or Inf); check the weights and that the "
-            "images are normalised the way the model expects"
-        )
-    return logits.gather(1, target.view(-1, 1)).squeeze(1)
-
-
-def _chunks(total: int, size: int) -> Iterator[slice]:
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
+def _cpu_range(chunk: slice) -> torch.Tensor:
+    return torch.arange(chunk.start, chunk.stop)
 
 
 def _item_seed(seed: int, image: int, sample: int) -> int:
     """A distinct, reproducible seed per (seed, image, sample) item."""
     return ((seed * 1_000_003 + image) * 1_000_033 + sample) % (2**63 - 1)
+
+
+def _round_seed(seed: int, round_: int) -> int:
+    """The seed of adaptive round ``round_``'s transformations."""
+    return _item_seed(seed, -1, round_)

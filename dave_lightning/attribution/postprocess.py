@@ -1,4 +1,4 @@
-"""Post-processing of DAVE maps (DESIGN §2.2 step 6): positive part, smoothing, normalisation."""
+"""Post-processing of DAVE maps (docs/method.md, step 6): positive part, smoothing, scaling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-BLUR_KERNEL, BLUR_SIGMA = 11, 7.0
+MAP_BLUR_KERNEL, MAP_BLUR_SIGMA = 11, 7.0
 BILATERAL_KERNEL, BILATERAL_SIGMA_SPATIAL, BILATERAL_SIGMA_RANGE = 5, 0.5, 0.05
 
 
@@ -18,7 +18,7 @@ def postprocess(contributions: torch.Tensor) -> torch.Tensor:
     before the bilateral filter so that its range σ (0.05) is relative to the map's peak.
     """
     maps = contributions.sum(1, keepdim=True).clamp_min(0)
-    maps = 0.5 * (maps + gaussian_blur(maps, [BLUR_KERNEL] * 2, [BLUR_SIGMA] * 2))
+    maps = 0.5 * (maps + gaussian_blur(maps, [MAP_BLUR_KERNEL] * 2, [MAP_BLUR_SIGMA] * 2))
     maps = bilateral_filter(normalize_max(maps))
     return normalize_max(maps)
 

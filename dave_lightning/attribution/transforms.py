@@ -53,24 +53,6 @@ def sample_affine(
     )
 
 
-def fixed_affine(
-    count: int,
-    *,
-    angle: float = 0.0,
-    shift: tuple[float, float] = (0.0, 0.0),
-    scale: float = 1.0,
-    hflip: bool = False,
-) -> AffineParams:
-    """``count`` copies of one transformation (``shift`` in fractions of width and height)."""
-    f64 = torch.float64
-    return AffineParams(
-        angle=torch.full((count,), angle, dtype=f64),
-        shift=torch.tensor(shift, dtype=f64).expand(count, 2).clone(),
-        scale=torch.full((count,), scale, dtype=f64),
-        hflip=torch.full((count,), hflip, dtype=torch.bool),
-    )
-
-
 def sampling_grid_matrix(params: AffineParams, height: int, width: int) -> torch.Tensor:
     """``affine_grid`` matrices (N, 2, 3) that pull each output pixel from the input.
 
@@ -103,9 +85,3 @@ def warp(images: torch.Tensor, params: AffineParams, *, mode: str = "bilinear") 
     theta = sampling_grid_matrix(params, height, width).to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
-
-
-def valid_mask(params: AffineParams, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(N, 1, H, W) bool: output pixels whose source lies inside the input frame."""
-    ones = torch.ones(len(params), 1, height, width, device=device)
-    return warp(ones, params, mode="nearest") > 0.5

@@ -1,4 +1,4 @@
-"""Explanation-quality metrics (DESIGN §2.3): functional forms on tensors and torchmetrics classes.
+"""Explanation-quality metrics (docs/metrics.md): functions, torchmetrics classes, a registry.
 
 Every functional metric works with maps from any attribution method, (B, 1, H, W) or (B, H, W),
 float32 or float64, on any device, and returns per-image values with NaN where undefined; the
@@ -16,18 +16,24 @@ from dave_lightning.metrics.classes import (
     PatchArtifactScore,
     Stability,
 )
-from dave_lightning.metrics.drift import attribution_drift
+from dave_lightning.metrics.drift import attribution_drift, drift_matrix
 from dave_lightning.metrics.faithfulness import (
     baseline_images,
     curve_auc,
     deletion_curve,
     insertion_curve,
 )
-from dave_lightning.metrics.grid import GridProbe, make_grid_probe
+from dave_lightning.metrics.grid import GridItems, GridProbe, make_grid_probe
 from dave_lightning.metrics.localization import (
     boxes_to_masks,
     energy_pointing_game,
     grid_pointing_game,
+)
+from dave_lightning.metrics.registry import (
+    MetricInputs,
+    MetricSpec,
+    MetricValues,
+    register_metric,
 )
 from dave_lightning.metrics.sparsity import gini
 from dave_lightning.metrics.stability import STABILITY_TRANSFORMS, stability
@@ -38,9 +44,13 @@ __all__ = [
     "DeletionAUC",
     "EnergyPointingGame",
     "Gini",
+    "GridItems",
     "GridPointingGame",
     "GridProbe",
     "InsertionAUC",
+    "MetricInputs",
+    "MetricSpec",
+    "MetricValues",
     "PatchArtifactScore",
     "Stability",
     "attribution_drift",
@@ -48,11 +58,13 @@ __all__ = [
     "boxes_to_masks",
     "curve_auc",
     "deletion_curve",
+    "drift_matrix",
     "energy_pointing_game",
     "gini",
     "grid_pointing_game",
     "insertion_curve",
     "make_grid_probe",
     "patch_artifact_score",
+    "register_metric",
     "stability",
 ]

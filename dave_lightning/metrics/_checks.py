@@ -65,7 +65,7 @@ def as_target(
     return target.to(device, torch.long)
 
 
-def check_range(values: torch.Tensor, high: int, name: str) -> None:
+def check_indices(values: torch.Tensor, high: int, name: str) -> None:
     """Raise unless every value lies in [0, high)."""
     if values.numel() and (values.min() < 0 or values.max() >= high):
         raise ValueError(

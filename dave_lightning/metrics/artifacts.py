@@ -1,4 +1,4 @@
-"""Patch-artifact score: how much of a map is the ViT patch-grid pattern (DESIGN §2.3, ours)."""
+"""Patch-artifact score: how much of a map is the ViT patch-grid pattern (docs/metrics.md, ours)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Faithfulness: pixel deletion and insertion curves scored by target-class softmax (DESIGN §2.3).
+"""Faithfulness: pixel deletion and insertion curves scored by target softmax (docs/metrics.md).
 
-Conventions, so that numbers are comparable (DESIGN §6): the x-axis is the fraction of pixels
+Conventions, so that numbers are comparable: the x-axis is the fraction of pixels
 changed, ``steps`` points on [0, max_fraction] including 0; y is the softmax probability of the
 target class; :func:`curve_auc` normalises the x-axis to [0, 1]. A pixel is changed in all
 channels at once. Ties in the attribution order are broken by a seeded random permutation, and
@@ -15,13 +15,13 @@ from typing import Literal
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from dave_lightning.metrics._checks import as_maps, as_target, check_range, finite_rows
+from dave_lightning.metrics._checks import as_maps, as_target, check_indices, finite_rows
 
 Order = Literal["lerf", "morf", "random"]
 Baseline = Literal["blur", "zero", "mean"]
 ORDERS: tuple[str, ...] = ("lerf", "morf", "random")
 BASELINES: tuple[str, ...] = ("blur", "zero", "mean")
-BLUR_KERNEL, BLUR_SIGMA = 31, 7.0
+DELETION_BLUR_KERNEL, DELETION_BLUR_SIGMA = 31, 7.0
 
 
 def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
@@ -31,8 +31,8 @@ def baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
     smaller than 16 px; ``mean`` is each image's per-channel mean.
     """
     if baseline == "blur":
-        kernel = min(BLUR_KERNEL, 2 * min(images.shape[-2:]) - 1)
-        return gaussian_blur(images, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA])
+        kernel = min(DELETION_BLUR_KERNEL, 2 * min(images.shape[-2:]) - 1)
+        return gaussian_blur(images, [kernel, kernel], [DELETION_BLUR_SIGMA, DELETION_BLUR_SIGMA])
     if baseline == "zero":
         return torch.zeros_like(images)
     if baseline == "mean":
@@ -102,7 +102,7 @@ def _perturbation_curve(
         changed = (ranks[image] < counts[step, None]).view(-1, 1, height, width)
         logits = model(torch.where(changed, end[image], start[image])).float()
         if first == 0:
-            check_range(target, logits.shape[-1], "target")
+            check_indices(target, logits.shape[-1], "target")
         probabilities[pair] = logits.softmax(-1).gather(1, target[image, None])[:, 0]
     probabilities = probabilities.view(batch, steps)
     return fractions, torch.where(finite_rows(maps)[:, None], probabilities, torch.nan)

@@ -14,13 +14,28 @@ from dave_lightning.metrics._checks import as_target
 class GridProbe(NamedTuple):
     """Composed grids and what sits in each cell (cells row-major, 0-based).
 
-    Score one grid per cell: ``maps = attr(images.repeat_interleave(k * k, 0),
-    targets.flatten())`` then ``grid_pointing_game(maps, k, cells.flatten())``.
+    Score one grid per cell: ``items = probe.items()``, ``maps = attr(items.images,
+    items.targets)``, then ``grid_pointing_game(maps, k, items.cells)``.
     """
 
     images: torch.Tensor  # (G, C, H, W)
     targets: torch.Tensor  # (G, k·k) int64: class of the image in each cell
     cells: torch.Tensor  # (G, k·k) int64: the cell index of each entry, 0..k·k-1
+
+    def items(self) -> GridItems:
+        """One item per (grid, cell), the unit the grid pointing game scores."""
+        cells = self.cells.shape[1]
+        return GridItems(
+            self.images.repeat_interleave(cells, 0), self.targets.flatten(), self.cells.flatten()
+        )
+
+
+class GridItems(NamedTuple):
+    """Per (grid, cell) item: the grid image, the class in that cell, and the cell's index."""
+
+    images: torch.Tensor  # (G·k·k, C, H, W)
+    targets: torch.Tensor  # (G·k·k,) int64
+    cells: torch.Tensor  # (G·k·k,) int64
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Localization: energy pointing game (mask or box) and grid pointing game (DESIGN §2.3)."""
+"""Localization: energy pointing game (mask or box) and grid pointing game (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dave_lightning.metrics._checks import (
     as_maps,
     as_masks,
     as_target,
-    check_range,
+    check_indices,
     finite_rows,
 )
 
@@ -78,7 +78,7 @@ def grid_pointing_game(maps: torch.Tensor, k: int, target_cell: torch.Tensor | i
             "have equal integer sizes (see make_grid_probe)"
         )
     target_cell = as_target(target_cell, batch, maps.device, name="target_cell")
-    check_range(target_cell, k * k, "target_cell")
+    check_indices(target_cell, k * k, "target_cell")
     positive = maps.clamp(min=0)
     cells = positive.view(batch, k, height // k, k, width // k).sum((2, 4)).flatten(1)
     score = _positive_share(positive, cells.gather(1, target_cell[:, None])[:, 0])

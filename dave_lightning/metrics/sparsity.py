@@ -1,4 +1,4 @@
-"""Sparsity: Gini index of the positive attribution (DESIGN §2.3)."""
+"""Sparsity: Gini index of the positive attribution (docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stability under small transformations (DESIGN §2.3, paper Fig. 2): attr(T x) vs T(attr(x))."""
+"""Stability under small transformations (docs/metrics.md, paper Fig. 2): attr(T x) vs T(attr x)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dave_lightning.attribution.transforms import AffineParams, warp
-from dave_lightning.metrics import _stats
+from dave_lightning.metrics import stats
 from dave_lightning.metrics._checks import as_maps, as_target, finite_rows
 
-#: (angle in degrees, (x shift, y shift) in fractions of width and height): DESIGN §2.3's T,
+#: (angle in degrees, (x shift, y shift) in fractions of width and height): docs/metrics.md's T,
 #: 5° with a 20 px horizontal and 8 px vertical shift at 224 px. Pass several to average.
 STABILITY_TRANSFORMS: tuple[tuple[float, tuple[float, float]], ...] = ((5.0, (20 / 224, 8 / 224)),)
 
@@ -76,9 +76,9 @@ def stability(
     a = torch.where(finite[:, None], a, 0.0)
     b = torch.where(finite[:, None], b, 0.0)
     scores = {
-        "pearson": _stats.pearson(a, b, valid),
-        "spearman": _stats.spearman(a, b, valid),
-        "topk_iou": _stats.topk_iou(a, b, valid, top_fraction),
+        "pearson": stats.pearson(a, b, valid),
+        "spearman": stats.spearman(a, b, valid),
+        "topk_iou": stats.topk_iou(a, b, valid, top_fraction),
     }
     return {
         name: torch.where(finite, value, torch.nan).view(count, batch).nanmean(0).to(maps.dtype)

@@ -1,0 +1,171 @@
+"""Models from files: Lightning checkpoints, timm weights files (docs/cli.md).
+
+Files load with ``torch.load(weights_only=True)``, which cannot run code; a file that needs
+full unpickling is refused unless the caller trusts it (``trust=True``). Every problem raises
+:class:`UsageError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import timm
+import torch
+from timm.models import clean_state_dict
+from torch import nn
+
+from dave_lightning.errors import UsageError
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, for one-line error reports."""
+    text = _TERMINAL_CODES.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def import_class(spec: str) -> type[pl.LightningModule]:
+    """The LightningModule class named ``pkg.mod:Class`` (the current directory is importable)."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise UsageError(
+            f"`module` {spec!r} is not of the form pkg.mod:Class; e.g. my_project.models:LitViT"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any failure of the user's import is a problem with the input
+        raise UsageError(
+            f"cannot import {module_name!r} ({type(error).__name__}: {first_line(error)}); "
+            "check the name and that its package is installed or on PYTHONPATH"
+        ) from error
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UsageError(
+            f"module {module_name!r} has no {class_name!r}; pass the LightningModule class the "
+            "checkpoints were trained with"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise UsageError(f"{spec} is not a LightningModule class; pass pkg.mod:YourModuleClass")
+    return cls
+
+
+def _refused(path: Path, kind: str, error: BaseException) -> UsageError:
+    """The error for a file ``weights_only`` loading refused: trust it, or it is unreadable."""
+    needed = _UNSUPPORTED_GLOBAL.search(str(error))
+    if needed is None:
+        return _unreadable(path, kind, error)
+    return UsageError(
+        f"{path}: refusing to load; the {kind} holds the Python object {needed.group(1)}, and "
+        "unpickling it could run arbitrary code; pass `trust=True` if you trust where the file "
+        "came from"
+    )
+
+
+def _unreadable(path: Path, kind: str, error: BaseException) -> UsageError:
+    return UsageError(
+        f"{path}: not a readable {kind} ({type(error).__name__}: {first_line(error)[:120]}); "
+        "it may be corrupt, truncated or not written by torch.save"
+    )
+
+
+def safe_load(path: str | Path, *, trust: bool = False, kind: str = "checkpoint") -> Any:
+    """``torch.load`` on the CPU, refusing files that need full unpickling unless trusted."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such {kind} file; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise _refused(path, kind, error) from error
+    except Exception as error:  # foreign bytes make torch.load fail in many ways
+        raise _unreadable(path, kind, error) from error
+
+
+def load_lightning_module(
+    path: str | Path, cls: type[pl.LightningModule], *, trust: bool = False
+) -> tuple[pl.LightningModule, dict[str, Any]]:
+    """``cls.load_from_checkpoint`` on the CPU, in eval mode, and the checkpoint's epoch and step.
+
+    The module is built from the checkpoint's hyper-parameters and its weights are loaded
+    strictly; ``trust=False`` loads with ``weights_only=True``.
+    """
+    path = Path(path)
+    checkpoint = safe_load(path, trust=trust)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UsageError(
+            f"{path}: not a Lightning checkpoint (no 'state_dict'); pass a .ckpt file written "
+            "by Trainer.save_checkpoint or ModelCheckpoint"
+        )
+    try:
+        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=not trust)
+    except RuntimeError as error:  # strict loading: missing, unexpected or reshaped weights
+        raise UsageError(
+            f"{path} does not match {cls.__name__}: {first_line(error)}; pass the `module` "
+            "class (and settings) that wrote it"
+        ) from error
+    except Exception as error:  # the user's constructor can fail in any way
+        raise UsageError(
+            f"{path}: cannot build {cls.__name__} from the checkpoint "
+            f"({type(error).__name__}: {first_line(error)}); pass the `module` class that wrote "
+            "this checkpoint"
+        ) from error
+    info = {key: checkpoint.get(key) for key in ("epoch", "global_step")}
+    return module.eval(), info
+
+
+def load_timm_model(
+    name: str, weights: str | Path | None = None, *, trust: bool = False
+) -> nn.Module:
+    """A timm model, randomly initialised or with ``weights`` (a state dict file), in eval mode.
+
+    The classifier is resized to the number of classes in the weights, so fine-tuned weights
+    load without further options.
+    """
+    if not timm.is_model(name):
+        raise UsageError(
+            f"unknown timm model {name!r}; list the names with timm.list_models('*vit*')"
+        )
+    state = None
+    if weights is not None:
+        state = _state_dict(safe_load(weights, trust=trust, kind="weights file"), weights)
+    model = timm.create_model(name, pretrained=False)
+    if state is not None:
+        classifier = state.get(f"{model.pretrained_cfg.get('classifier')}.weight")
+        if classifier is not None and classifier.shape[0] != model.num_classes:
+            model.reset_classifier(classifier.shape[0])
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise UsageError(
+                f"{weights} does not match timm model {name}: {first_line(error)}; pass the "
+                "architecture the weights were saved from"
+            ) from error
+    return model.eval()
+
+
+def _state_dict(loaded: Any, path: str | Path) -> dict[str, Any]:
+    """The state dict in a weights file, unwrapped from timm's ``state_dict``/``model`` keys."""
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise UsageError(
+            f"{path}: not a state dict of tensors; save weights with "
+            "torch.save(model.state_dict(), path)"
+        )
+    return clean_state_dict(loaded)

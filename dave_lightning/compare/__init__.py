@@ -1,0 +1,39 @@
+"""Compare attribution maps across evaluations: DAVEMonitor snapshots or Lightning checkpoints.
+
+:mod:`~dave_lightning.compare.sources` finds and evaluates what is compared;
+:mod:`~dave_lightning.compare.report` writes the report (docs/cli.md).
+"""
+
+from dave_lightning.compare.report import (
+    comparison_panels,
+    drift_figure,
+    markdown_report,
+    write_drift,
+    write_map_panels,
+    write_metrics,
+    write_report,
+    write_tensorboard,
+)
+from dave_lightning.compare.sources import (
+    Comparison,
+    Entry,
+    compare_checkpoints,
+    compare_snapshots,
+    find_snapshots,
+)
+
+__all__ = [
+    "Comparison",
+    "Entry",
+    "compare_checkpoints",
+    "compare_snapshots",
+    "comparison_panels",
+    "drift_figure",
+    "find_snapshots",
+    "markdown_report",
+    "write_drift",
+    "write_map_panels",
+    "write_metrics",
+    "write_report",
+    "write_tensorboard",
+]

@@ -1,0 +1,257 @@
+"""What a comparison compares: DAVEMonitor snapshots, or checkpoints evaluated on one probe.
+
+Each evaluation becomes one :class:`Entry` (the :class:`Evaluation` and where it came from) of
+a :class:`Comparison`. Only evaluations of the same probe images are compared: drift between
+maps of different pictures means nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dave_lightning import viz
+from dave_lightning.attribution import DAVESettings
+from dave_lightning.checkpoints import import_class, load_lightning_module
+from dave_lightning.errors import UsageError
+from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
+from dave_lightning.images import load_probe
+from dave_lightning.metrics import drift_matrix
+from dave_lightning.models import ModelAdapter
+from dave_lightning.probe import Probe
+from dave_lightning.snapshot import SnapshotError, list_snapshots, load_evaluation
+
+
+@dataclass
+class Entry:
+    """One evaluation of a comparison and where it came from (its label, file and run)."""
+
+    label: str
+    source: str
+    run: str
+    evaluation: Evaluation
+
+
+@dataclass
+class Comparison:
+    """Evaluations of one probe, their drift (statistic → (E, E) mean over the probe images),
+    the shared settings, and the probe images in [0, 1] for overlays when they are known."""
+
+    entries: list[Entry]
+    drift: dict[str, torch.Tensor]
+    settings: dict[str, Any]
+    images01: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------- snapshots
+
+
+def find_snapshots(paths: Sequence[str | Path]) -> list[Path]:
+    """Snapshot files from files, monitor log dirs (holding ``dave/``) or snapshot dirs."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = list_snapshots(path / "dave") or list_snapshots(path)
+            if not found:
+                raise UsageError(
+                    f"{path}: no step_*.pt snapshots in it or in {path / 'dave'}; pass a "
+                    "DAVEMonitor log dir (e.g. lightning_logs/version_0), its dave/ folder or "
+                    "snapshot files"
+                )
+            files.extend(found)
+        else:
+            raise UsageError(
+                f"{path}: no such file or directory; pass monitor run dirs or step_*.pt files"
+            )
+    return list(dict.fromkeys(files))
+
+
+def compare_snapshots(
+    paths: Sequence[str | Path],
+    *,
+    steps: Sequence[int] | None = None,
+    progress: bool = False,
+) -> Comparison:
+    """Compare DAVEMonitor snapshots (all of them, or those at ``steps``) of the same probe."""
+    files = find_snapshots(paths)
+    bar = tqdm(files, desc="loading snapshots", unit="file", disable=None if progress else True)
+    try:
+        loaded = [(path, load_evaluation(path)) for path in bar]
+    except SnapshotError as error:
+        raise UsageError(str(error)) from error
+    if steps is not None:
+        loaded = _select_steps(loaded, steps)
+    _check_same_probe(loaded)
+    run_dirs = [_run_dir(path) for path, _ in loaded]
+    names = _run_names(run_dirs)
+    entries = [
+        Entry(
+            label=_label(names, run_dir, f"step {evaluation.global_step}"),
+            source=str(path),
+            run=names[run_dir],
+            evaluation=evaluation,
+        )
+        for (path, evaluation), run_dir in zip(loaded, run_dirs, strict=True)
+    ]
+    last = loaded[-1][1]
+    # the monitor stores the probe images in a run's first snapshot only
+    with_images = next((e for _, e in loaded if e.images is not None), last)
+    return Comparison(
+        entries=entries,
+        drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
+        settings=dict(last.settings),
+        images01=_snapshot_images(with_images),
+    )
+
+
+def _select_steps(
+    loaded: list[tuple[Path, Evaluation]], steps: Sequence[int]
+) -> list[tuple[Path, Evaluation]]:
+    """The evaluations at the requested global steps; an unknown step lists the available ones."""
+    available = sorted({evaluation.global_step for _, evaluation in loaded})
+    missing = sorted(set(steps) - set(available))
+    if missing:
+        raise UsageError(f"no snapshot at steps {missing}; `steps` can pick from {available}")
+    return [(path, e) for path, e in loaded if e.global_step in set(steps)]
+
+
+def _check_same_probe(loaded: list[tuple[Path, Evaluation]]) -> None:
+    """Refuse snapshots of different probe images (or of an unknown probe)."""
+    first_path, first = loaded[0]
+    reference = first.settings.get("probe_sha256")
+    for path, evaluation in loaded:
+        digest = evaluation.settings.get("probe_sha256")
+        if digest is None:
+            raise UsageError(
+                f"{path}: the snapshot's settings lack probe_sha256, so it cannot be checked "
+                "that the evaluations share a probe; compare snapshots written by DAVEMonitor"
+            )
+        if digest != reference:
+            raise UsageError(
+                f"refusing to compare {first_path} and {path}: they were computed on different "
+                f"probe images (probe_sha256 {reference[:12]}… vs {digest[:12]}…), so their maps "
+                "show different pictures; compare runs that share the same probe"
+            )
+
+
+def _run_dir(path: Path) -> Path:
+    """The run a snapshot belongs to: the log dir above its snapshot folder."""
+    parent = path.resolve().parent
+    return parent.parent if parent.name == "dave" else parent
+
+
+def _run_names(run_dirs: Sequence[Path]) -> dict[Path, str]:
+    """Short distinct names for runs: directory names, or relative paths when those clash."""
+    distinct = list(dict.fromkeys(run_dirs))
+    names = [d.name for d in distinct]
+    if len(set(names)) < len(names):
+        names = [os.path.relpath(d) for d in distinct]
+    return dict(zip(distinct, names, strict=True))
+
+
+def _label(names: Mapping[Path, str], run_dir: Path, what: str) -> str:
+    return what if len(names) == 1 else f"{names[run_dir]} {what}"
+
+
+def _snapshot_images(evaluation: Evaluation) -> torch.Tensor | None:
+    """Probe images in [0, 1] when the snapshot carries them (the run's first one does)."""
+    if evaluation.images is None:
+        return None
+    mean, std = evaluation.settings.get("mean"), evaluation.settings.get("std")
+    if mean is None or std is None:  # early snapshots of models without normalisation
+        return viz.denormalize(evaluation.images.float())
+    return viz.denormalize(evaluation.images.float(), mean, std)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def compare_checkpoints(
+    checkpoints: Sequence[str | Path],
+    module: str | type,
+    *,
+    probe: str | Path | Probe = "synthetic",
+    masks: str | Path | None = None,
+    num_probe: int = 16,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    engine: DAVESettings | Mapping[str, Any] | None = None,
+    options: EvaluationOptions | None = None,
+    trust: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Comparison:
+    """Evaluate each Lightning checkpoint of ``module`` on one probe with one seed, and compare.
+
+    ``module`` is the LightningModule class or ``"pkg.mod:Class"``; ``probe`` is ``"synthetic"``,
+    an ImageFolder-style directory (``masks``: PNG masks at the same relative paths) or a
+    :class:`Probe` (normalised with ``mean``/``std``); ``engine`` holds DAVE's settings and
+    ``options`` the metrics and compared methods. Checkpoints that need full unpickling are
+    refused unless ``trust``.
+    """
+    cls = import_class(module) if isinstance(module, str) else module
+    engine = engine if isinstance(engine, DAVESettings) else DAVESettings(**dict(engine or {}))
+    options = options or EvaluationOptions()
+    paths = [Path(p) for p in checkpoints]
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such checkpoint file; check the path")
+    run_dirs = [path.resolve().parent for path in paths]
+    names = _run_names(run_dirs)
+    evaluator: ProbeEvaluator | None = None
+    images01 = None
+    entries: list[Entry] = []
+    bar = tqdm(paths, desc="evaluating checkpoints", disable=None if progress else True)
+    for path, run_dir in zip(bar, run_dirs, strict=True):
+        module_, info = load_lightning_module(path, cls, trust=trust)
+        model = ModelAdapter(module_.to(device))
+        if evaluator is None:
+            probe_set, normal = _resolve_probe(
+                probe, model, masks, num_probe, image_size, mean, std
+            )
+            images01 = viz.denormalize(probe_set.images, *normal)
+            evaluator = ProbeEvaluator(probe_set, engine, options)
+        references = {}
+        if entries:
+            references = {
+                "previous": entries[-1].evaluation.maps["dave"],
+                "first": entries[0].evaluation.maps["dave"],
+            }
+        evaluation = evaluator.evaluate(model, references=references)
+        evaluation.epoch, evaluation.global_step = info["epoch"], info["global_step"]
+        evaluation.settings = evaluator.settings()
+        entries.append(
+            Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
+        )
+    return Comparison(
+        entries=entries,
+        drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
+        settings=evaluator.settings(),
+        images01=images01,
+    )
+
+
+def _resolve_probe(
+    probe: str | Path | Probe,
+    model: ModelAdapter,
+    masks: str | Path | None,
+    num_probe: int,
+    image_size: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[Probe, tuple[Sequence[float], Sequence[float]]]:
+    """A given :class:`Probe` with its normalisation, or one loaded for ``model``."""
+    if isinstance(probe, Probe):
+        return probe, model.normalization(mean, std)
+    return load_probe(
+        probe, model, num_probe=num_probe, image_size=image_size, mean=mean, std=std, masks=masks
+    )

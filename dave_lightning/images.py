@@ -1,0 +1,214 @@
+"""Images from disk: discovery, decoding, preprocessing for a model, and probes (docs/cli.md).
+
+Folders follow torchvision's ``ImageFolder`` layout and extensions. Every problem raises
+:class:`UsageError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, is_image_file, make_dataset
+from torchvision.transforms import InterpolationMode
+
+from dave_lightning.checkpoints import first_line
+from dave_lightning.data import SHAPES, SyntheticShapes
+from dave_lightning.errors import UsageError
+from dave_lightning.models import ModelAdapter, Normalization
+from dave_lightning.models.timm_family import TimmFamily
+from dave_lightning.probe import Probe, check_probe
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """An image file decoded by Pillow and converted to ``mode``."""
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UsageError(
+            f"cannot read image {path} ({first_line(error)}); pass PNG, JPEG or another "
+            "format Pillow can open"
+        ) from error
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files from files and directories (searched recursively, in sorted order)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(str(p)))
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or directory; check the image paths")
+    if not files:
+        raise UsageError(
+            f"no image files ({', '.join(IMG_EXTENSIONS)}) in {', '.join(map(str, paths))}"
+        )
+    return files
+
+
+def model_input_size(model: ModelAdapter, image_size: int | None) -> tuple[int, int]:
+    """``image_size`` when given, else the size read off the model; an error names the fix."""
+    if image_size is not None:
+        return image_size, image_size
+    size = model.input_size
+    if size is None:
+        raise UsageError(
+            f"cannot tell the input size of {type(model.model).__name__}; pass `image_size`"
+        )
+    return size
+
+
+def preprocessing(
+    model: ModelAdapter,
+    *,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[Transform, Normalization]:
+    """PIL image → model input: timm's eval transform for timm models, else resize + normalise.
+
+    The normalisation is ``mean``/``std`` when given, else the model's own, else ImageNet's.
+    """
+    size = model_input_size(model, image_size)
+    normal = model.normalization(mean, std)
+    if isinstance(model.family, TimmFamily):
+        config = resolve_data_config({"input_size": (3, *size)}, model=model.root)
+        config.update(mean=normal[0], std=normal[1])
+        return create_transform(**config), normal
+    return lambda image: resize_normalize(image, size, normal), normal
+
+
+def resize_normalize(
+    image: Image.Image, size: tuple[int, int], normal: Normalization
+) -> torch.Tensor:
+    """(3, H, W) float tensor: the image resized to ``size`` (bicubic) and normalised."""
+    resized = TF.resize(image, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return TF.normalize(TF.to_tensor(resized), list(normal[0]), list(normal[1]))
+
+
+def load_probe(
+    spec: str | Path,
+    model: ModelAdapter,
+    *,
+    num_probe: int = 16,
+    image_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    masks: str | Path | None = None,
+) -> tuple[Probe, Normalization]:
+    """The probe ``synthetic`` or an ImageFolder-style directory, sized for ``model``."""
+    size = model_input_size(model, image_size)
+    channels = model.input_channels or 3
+    try:
+        classes = model.num_classes(torch.zeros(1, channels, *size))
+    except ValueError as error:
+        raise UsageError(f"{error}; pass `image_size` with the size it was trained on") from error
+    if str(spec) == "synthetic":
+        if masks is not None:
+            raise UsageError("`masks` is for a `probe` folder; the synthetic probe has its own")
+        return synthetic_probe(num_probe, size, classes), (
+            SyntheticShapes.mean,
+            SyntheticShapes.std,
+        )
+    normal = model.normalization(mean, std)
+    probe = folder_probe(spec, num_probe=num_probe, size=size, normal=normal, masks=masks)
+    if int(probe.labels.max()) >= classes:
+        raise UsageError(
+            f"`probe` {spec} has {int(probe.labels.max()) + 1} class folders but the model has "
+            f"{classes} classes; keep one folder per model class, in class-index order"
+        )
+    return probe, normal
+
+
+def synthetic_probe(num_probe: int, size: tuple[int, int], classes: int) -> Probe:
+    """The first ``num_probe`` items of ``SyntheticShapes(split="probe")``, with their masks."""
+    if size[0] != size[1]:
+        raise UsageError(f"the synthetic `probe` makes square images; the model takes {size}")
+    if classes < 2:
+        raise UsageError("the synthetic `probe` needs a model with at least 2 classes")
+    dataset = SyntheticShapes(
+        num_probe, split="probe", image_size=size[0], num_classes=min(classes, len(SHAPES))
+    )
+    images, labels, masks = zip(*(dataset[i] for i in range(num_probe)), strict=True)
+    return Probe(torch.stack(images), torch.tensor(labels), torch.stack(masks))
+
+
+def folder_probe(
+    directory: str | Path,
+    *,
+    num_probe: int,
+    size: tuple[int, int],
+    normal: Normalization,
+    masks: str | Path | None = None,
+) -> Probe:
+    """Probe from ``DIR/<class>/<image>`` (classes in sorted order, as torchvision's ImageFolder).
+
+    Images are taken round-robin over the classes, so that a small probe covers them all, and
+    resized to ``size`` without cropping, so that masks (``masks/<class>/<image>.png``, resized
+    with nearest neighbours) stay aligned.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(
+            f"`probe` {directory}: no such directory; pass 'synthetic' or a folder with one "
+            "subfolder of images per class"
+        )
+    try:
+        _, class_to_idx = find_classes(directory)
+        samples = make_dataset(directory, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError:
+        samples = []
+    if not samples:
+        raise UsageError(
+            f"`probe` {directory} holds no class subfolders with images; arrange them as "
+            "DIR/<class>/<image>.png, like torchvision's ImageFolder"
+        )
+    picks = _round_robin(samples, num_probe)
+    images = torch.stack([resize_normalize(read_image(path), size, normal) for path, _ in picks])
+    labels = torch.tensor([label for _, label in picks])
+    mask_tensor = None
+    if masks is not None:
+        mask_tensor = torch.stack(
+            [_read_mask(Path(masks), Path(path), directory, size) for path, _ in picks]
+        )
+    probe = Probe(images, labels, mask_tensor)
+    check_probe(probe)
+    return probe
+
+
+def _round_robin(samples: list[tuple[str, int]], count: int) -> list[tuple[str, int]]:
+    """Up to ``count`` (path, class) pairs: each class's first image, then each one's second..."""
+    per_class: dict[int, list[str]] = {}
+    for path, label in samples:
+        per_class.setdefault(label, []).append(path)
+    picks = []
+    for rank in range(max(len(files) for files in per_class.values())):
+        for label in sorted(per_class):
+            if rank < len(per_class[label]):
+                picks.append((per_class[label][rank], label))
+    return picks[:count]
+
+
+def _read_mask(masks: Path, image: Path, root: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Bool (H, W) mask of ``image`` from ``masks/<same relative path>.png``."""
+    relative = image.relative_to(root)
+    candidates = [masks / relative.with_suffix(".png"), masks / relative]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise UsageError(
+            f"no mask for {relative} in {masks}; put one PNG mask per probe image at "
+            f"{candidates[0]}"
+        )
+    mask = TF.resize(read_image(path, "L"), list(size), interpolation=InterpolationMode.NEAREST)
+    return TF.pil_to_tensor(mask)[0] > 127

@@ -1,0 +1,71 @@
+"""Input encodings: how the image a model sees is built from the picture DAVE transforms.
+
+Transformations and noise act on the picture; the encoding then builds the model's input, so
+every input DAVE makes is a valid input of the model. ``none`` passes the picture as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dave_lightning.attribution.transforms import AffineParams, warp
+
+
+class InputEncoding:
+    """The identity encoding: the model's input is the (normalised) picture itself."""
+
+    name = "none"
+    description = "the picture itself"
+
+    def picture(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The picture channels of encoded inputs (what is shown and what metrics perturb)."""
+        return inputs
+
+    def encode(self, pictures: torch.Tensor) -> torch.Tensor:
+        """Model inputs from pictures."""
+        return pictures
+
+    def matches(self, inputs: torch.Tensor) -> bool:
+        """Whether ``inputs`` are encoded this way."""
+        return True
+
+    def noise_channels(self, channels: int) -> int:
+        """Channels of the noise for inputs of ``channels`` channels."""
+        return channels
+
+    def perturb(
+        self,
+        source: torch.Tensor,
+        params: AffineParams,
+        keep: torch.Tensor | None,
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Warp encoded ``source`` inputs, then mix in noise: keep·τ(x) + sqrt(1 − keep²)·ε."""
+        warped = warp(source, params)
+        if keep is None:
+            return warped
+        return torch.addcmul(noise.mul_(torch.sqrt(1.0 - keep**2)), keep, warped)
+
+
+IDENTITY = InputEncoding()
+ENCODINGS: dict[str, InputEncoding] = {IDENTITY.name: IDENTITY}
+
+
+def resolve_encoding(name: str | None, model: object, inputs: torch.Tensor) -> InputEncoding:
+    """The encoding of ``inputs``: as named, else the model's own, else detected from them.
+
+    Raises ValueError when a named or declared encoding does not match the inputs.
+    """
+    declared = name or getattr(model, "input_encoding", None)
+    if declared is None:
+        detected = (e for e in ENCODINGS.values() if e is not IDENTITY and e.matches(inputs))
+        return next(detected, IDENTITY)
+    if declared not in ENCODINGS:
+        raise ValueError(f"input_encoding must be one of {tuple(ENCODINGS)}, got {declared!r}")
+    encoding = ENCODINGS[declared]
+    if not encoding.matches(inputs):
+        raise ValueError(
+            f"the images are not {declared!r}-encoded inputs ({encoding.description}); "
+            "pass images encoded the way the model takes them"
+        )
+    return encoding

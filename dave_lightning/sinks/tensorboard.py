@@ -1,0 +1,23 @@
+"""Images to a TensorBoard event file, at the evaluation's step (the step slider works)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from dave_lightning.sinks.base import ImageSink
+
+
+class TensorBoardSink(ImageSink):
+    """``SummaryWriter.add_image`` on a writer, e.g. a ``TensorBoardLogger``'s experiment."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self.writer = writer
+
+    def log_image(
+        self, tag: str, image: torch.Tensor, step: int, caption: str | None = None
+    ) -> None:
+        self.writer.add_image(tag, image, global_step=step)
+
+    def flush(self) -> None:
+        self.writer.flush()
