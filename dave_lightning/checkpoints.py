@@ -1,4 +1,4 @@
-"""Models from files: Lightning checkpoints, timm weights files (docs/cli.md).
+"""Models from files: Lightning checkpoints, HuggingFace model directories, timm weights.
 
 Files load with ``torch.load(weights_only=True)``, which cannot run code; a file that needs
 full unpickling is refused unless the caller trusts it (``trust=True``). Every problem raises
@@ -8,6 +8,7 @@ full unpickling is refused unless the caller trusts it (``trust=True``). Every p
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import re
@@ -124,10 +125,68 @@ def load_lightning_module(
     return module.eval(), info
 
 
+def is_hf_directory(path: str | Path) -> bool:
+    """Whether ``path`` is a HuggingFace model directory (``save_pretrained``'s config.json)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def load_hf_model(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A transformers image classifier from a ``save_pretrained`` directory, offline, eval mode.
+
+    Returns the model and the epoch and step of HF ``Trainer`` checkpoints (``trainer_state.json``),
+    else None for both.
+    """
+    directory = Path(directory)
+    try:
+        from transformers import AutoModelForImageClassification
+    except ImportError as error:
+        raise UsageError(
+            f"{directory} is a HuggingFace model directory; install the transformers extra: "
+            "pip install 'dave-lightning[transformers]'"
+        ) from error
+    try:
+        model = AutoModelForImageClassification.from_pretrained(directory, local_files_only=True)
+    except Exception as error:  # a broken directory fails in many ways
+        raise UsageError(
+            f"{directory}: not a loadable HuggingFace image classifier "
+            f"({type(error).__name__}: {first_line(error)}); pass a directory written by "
+            "save_pretrained"
+        ) from error
+    state = directory / "trainer_state.json"
+    info: dict[str, Any] = {"epoch": None, "global_step": None}
+    if state.is_file():
+        values = json.loads(state.read_text())
+        info = {"epoch": values.get("epoch"), "global_step": values.get("global_step")}
+    return model.eval(), info
+
+
+def load_model(
+    path: str | Path, module: str | type[pl.LightningModule] | None = None, *, trust: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A HuggingFace model directory, or a Lightning checkpoint of the class ``module``
+    (``"pkg.mod:Class"`` or the class), with the epoch and step it was saved at."""
+    if is_hf_directory(path):
+        if module is not None:
+            raise UsageError(f"{path} is a HuggingFace model directory; it needs no `module`")
+        return load_hf_model(path)
+    if module is None:
+        raise UsageError(
+            f"the checkpoint {path} needs `module` pkg.mod:Class, the LightningModule class it "
+            "was trained with"
+        )
+    cls = import_class(module) if isinstance(module, str) else module
+    return load_lightning_module(path, cls, trust=trust)
+
+
 def load_timm_model(
-    name: str, weights: str | Path | None = None, *, trust: bool = False
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    pretrained: bool = False,
+    trust: bool = False,
 ) -> nn.Module:
-    """A timm model, randomly initialised or with ``weights`` (a state dict file), in eval mode.
+    """A timm model with ``weights`` (a state dict file), timm's ``pretrained`` weights
+    (downloaded), or random ones, in eval mode.
 
     The classifier is resized to the number of classes in the weights, so fine-tuned weights
     load without further options.
@@ -136,10 +195,19 @@ def load_timm_model(
         raise UsageError(
             f"unknown timm model {name!r}; list the names with timm.list_models('*vit*')"
         )
+    if pretrained and weights is not None:
+        raise UsageError("pass `weights` or `pretrained=True`, not both")
     state = None
     if weights is not None:
         state = _state_dict(safe_load(weights, trust=trust, kind="weights file"), weights)
-    model = timm.create_model(name, pretrained=False)
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except Exception as error:  # no network, no weights for the name, a bad cache
+        raise UsageError(
+            f"cannot download timm's weights for {name} ({type(error).__name__}: "
+            f"{first_line(error)[:120]}); without internet, save the weights with "
+            "torch.save(model.state_dict(), path) where you have it and pass `weights`"
+        ) from error
     if state is not None:
         classifier = state.get(f"{model.pretrained_cfg.get('classifier')}.weight")
         if classifier is not None and classifier.shape[0] != model.num_classes:

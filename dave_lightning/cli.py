@@ -37,6 +37,7 @@ modes:
   checkpoints  dave-lightning compare --checkpoints a.ckpt b.ckpt --module my_pkg.models:LitViT
                Loads each checkpoint into the LightningModule class (built from the
                checkpoint's hyper_parameters) and evaluates it on the same probe, same seed.
+               HuggingFace model directories (save_pretrained) need no --module.
 
 report files (in --out):
   maps_probe_<i>.png   per probe image: the image (when known), then its DAVE map per evaluation
@@ -46,15 +47,18 @@ report files (in --out):
 """
 
 EXPLAIN_DESCRIPTION = """\
-Explain image files with DAVE: PNG overlays and the maps as tensors. Images go through timm's
-eval transform from the model's data config (resize, centre crop, normalise) when the model is
-or holds a timm model; otherwise they are resized to the model's input size and normalised with
---mean/--std."""
+Explain image files with DAVE: labelled PNG panels and the maps as tensors. Images go through
+timm's eval transform from the model's data config (resize, centre crop, normalise) when the
+model is or holds a timm model; otherwise they are resized to the model's input size and
+normalised with --mean/--std (default: the model's own, e.g. a HuggingFace directory's image
+processor, else ImageNet's)."""
 
 EXPLAIN_EPILOG = """\
 examples:
   dave-lightning explain --timm-model vit_small_patch16_224 --weights vit_s.pth cat.jpg dog.jpg
+  dave-lightning explain --timm-model deit_small_patch16_224 --pretrained cat.jpg   (online)
   dave-lightning explain --checkpoint last.ckpt --module my_pkg.models:LitViT images/ --target 3
+  dave-lightning explain --checkpoint hf_model_dir/ images/     (save_pretrained directory)
 
 output files (in --out): <i>_<name>.png (image | DAVE overlay) per image, and maps.pt
 (maps (N, 1, H, W), targets, predictions, probabilities, files, settings;
@@ -166,13 +170,22 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     model = explain.add_argument_group("model (one of --timm-model or --checkpoint)")
     choice = model.add_mutually_exclusive_group(required=True)
     choice.add_argument("--timm-model", metavar="NAME", help="timm architecture name")
-    choice.add_argument("--checkpoint", metavar="CKPT", help="Lightning checkpoint file")
+    choice.add_argument(
+        "--checkpoint",
+        metavar="CKPT|DIR",
+        help="Lightning checkpoint file, or a HuggingFace model directory (save_pretrained)",
+    )
     model.add_argument(
         "--weights",
         metavar="FILE",
         help="state dict for --timm-model (torch.save(model.state_dict())); the classifier is "
-        "resized to its number of classes; without it the model is randomly initialised "
-        "(nothing is downloaded)",
+        "resized to its number of classes",
+    )
+    model.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="download timm's pretrained weights for --timm-model (needs internet); without "
+        "--weights or --pretrained the weights are random, and every output says so",
     )
     _add_module_options(model)
     explain.add_argument(
@@ -224,7 +237,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--tensorboard", metavar="DIR", help="also write a TensorBoard run to DIR")
     checkpoints = compare.add_argument_group("checkpoint mode")
     checkpoints.add_argument(
-        "--checkpoints", nargs="+", metavar="CKPT", help="Lightning checkpoint files to compare"
+        "--checkpoints",
+        nargs="+",
+        metavar="CKPT|DIR",
+        help="Lightning checkpoint files or HuggingFace model directories to compare",
     )
     _add_module_options(checkpoints)
     checkpoints.add_argument(
@@ -395,24 +411,40 @@ def run_demo_command(args: argparse.Namespace) -> int:
     )
 
 
+RANDOM_WEIGHTS = "random weights: the map shows the method, not a trained model"
+
+
 def run_explain_command(args: argparse.Namespace) -> int:
     """``dave-lightning explain``: labelled overlays and maps of image files."""
-    from dave_lightning.checkpoints import import_class, load_lightning_module, load_timm_model
+    from dave_lightning.checkpoints import load_model, load_timm_model
     from dave_lightning.explain import explain_images, write_explanation
     from dave_lightning.images import preprocessing
     from dave_lightning.models import ModelAdapter
 
+    warning = None
     if args.timm_model is not None:
         if args.module is not None:
             raise UsageError("--module goes with --checkpoint, not with --timm-model")
-        model = load_timm_model(args.timm_model, args.weights, trust=args.trust_checkpoint)
+        model = load_timm_model(
+            args.timm_model,
+            args.weights,
+            pretrained=args.pretrained,
+            trust=args.trust_checkpoint,
+        )
+        if args.weights is None and not args.pretrained:
+            warning = RANDOM_WEIGHTS
+            warnings.warn(
+                f"--timm-model {args.timm_model} has {RANDOM_WEIGHTS}; pass --weights FILE or "
+                "--pretrained",
+                UserWarning,
+                stacklevel=1,
+            )
     else:
-        if args.weights is not None:
-            raise UsageError("--weights goes with --timm-model; a checkpoint holds its weights")
-        if args.module is None:
-            raise UsageError(_NEEDS_MODULE.format(option="--checkpoint"))
-        cls = import_class(args.module)
-        model, _ = load_lightning_module(args.checkpoint, cls, trust=args.trust_checkpoint)
+        if args.weights is not None or args.pretrained:
+            raise UsageError(
+                "--weights and --pretrained go with --timm-model; a checkpoint holds its weights"
+            )
+        model, _ = load_model(args.checkpoint, args.module, trust=args.trust_checkpoint)
     adapter = ModelAdapter(model.to(args.device))
     transform, normal = preprocessing(
         adapter, image_size=args.image_size, mean=args.mean, std=args.std
@@ -424,17 +456,13 @@ def run_explain_command(args: argparse.Namespace) -> int:
         normalization=normal,
         target=args.target,
         engine=_engine(args),
+        warning=warning,
         progress=not args.quiet,
     )
     write_explanation(explanation, args.out)
     if not args.quiet:
         print(f"explained {len(explanation.files)} images → {args.out}/ (PNG panels, maps.pt)")
     return 0
-
-
-_NEEDS_MODULE = (
-    "{option} needs --module pkg.mod:Class, the LightningModule class it was trained with"
-)
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
@@ -445,8 +473,6 @@ def run_compare_command(args: argparse.Namespace) -> int:
     if args.paths and args.checkpoints:
         raise UsageError("give snapshot paths or --checkpoints, not both")
     if args.checkpoints:
-        if args.module is None:
-            raise UsageError(_NEEDS_MODULE.format(option="--checkpoints"))
         if args.steps is not None:
             raise UsageError("--steps selects snapshots; with --checkpoints list the files")
         options = EvaluationOptions(

@@ -274,7 +274,7 @@ class ProbeEvaluator:
                 reliability=reliability,
             )
             specs = self._specs(model, slow_metrics, references)
-            grid, grid_first = self._grid_shard(shard, device)
+            grid, grid_first = self._grid_shard(shard, device, encoding)
             for name, method in methods.items():
                 results.items[f"maps/{name}"] = maps_by_method[name]
                 inputs = MetricInputs(
@@ -371,14 +371,16 @@ class ProbeEvaluator:
                 results.fractions[f"{prefix}{key}"] = x
                 results.items[f"curve/{prefix}{key}"] = y
 
-    def _grid_shard(self, shard: Shard, device: torch.device) -> tuple[GridItems | None, int]:
-        """This shard's grid items (on ``device``) and the index of its first one."""
+    def _grid_shard(
+        self, shard: Shard, device: torch.device, encoding: InputEncoding
+    ) -> tuple[GridItems | None, int]:
+        """This shard's grid items (pictures, on ``device``) and the index of its first one."""
         if self.grid is None:
             return None, 0
         total = len(self.grid.targets)
         index = shard.indices(total)
-        items = GridItems(*(tensor[index].to(device) for tensor in self.grid))
-        return items, shard.start(total)
+        images, targets, cells = (tensor[index].to(device) for tensor in self.grid)
+        return GridItems(encoding.picture(images), targets, cells), shard.start(total)
 
     def _grid_items(self) -> GridItems | None:
         """Grids of distinct classes composed once from the probe, or None (with a warning)."""

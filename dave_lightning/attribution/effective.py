@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -226,6 +227,9 @@ class EffectiveMode(TorchFunctionMode):
         return handler(args, kwargs)
 
 
+_DEPTH: ContextVar[int] = ContextVar("effective_mode_depth", default=0)
+
+
 @contextmanager
 def effective_mode() -> Iterator[None]:
     """Context manager: gradients taken inside it are DAVE's effective transformation.
@@ -233,5 +237,35 @@ def effective_mode() -> Iterator[None]:
     Forward values are those of the normal forward; only what autograd sees changes. Nesting is
     allowed, and leaving the block (normally or by an exception) removes every trace of it.
     """
-    with EffectiveMode():
-        yield
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        with EffectiveMode():
+            yield
+    finally:
+        _DEPTH.reset(token)
+
+
+def in_effective_mode() -> bool:
+    """Whether the caller runs inside :func:`effective_mode`."""
+    return _DEPTH.get() > 0
+
+
+class _HeldGate(torch.autograd.Function):
+    """Returns ``y`` as is; backward multiplies by the gate y/x held constant (``limit`` at 0)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, limit: float) -> Any:
+        ctx.save_for_backward(torch.nan_to_num(y / x, nan=limit, posinf=limit, neginf=limit))
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None, None
+
+
+def held_gate(x: torch.Tensor, y: torch.Tensor, limit: float) -> torch.Tensor:
+    """``y = act(x)`` for an x·gate(x) activation written out of plain ops (tanh, sigmoid, erf),
+    with the gate held constant: the effective mode's rule for activations it cannot intercept.
+    Call it on a module's output inside :func:`effective_mode` (e.g. from a forward hook)."""
+    return _HeldGate.apply(x, y.detach(), limit)

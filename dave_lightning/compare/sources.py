@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dave_lightning import viz
 from dave_lightning.attribution import DAVESettings
-from dave_lightning.checkpoints import import_class, load_lightning_module
+from dave_lightning.checkpoints import load_model
 from dave_lightning.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
 from dave_lightning.images import load_probe
@@ -176,7 +176,7 @@ def _snapshot_images(evaluation: Evaluation) -> torch.Tensor | None:
 
 def compare_checkpoints(
     checkpoints: Sequence[str | Path],
-    module: str | type,
+    module: str | type | None = None,
     *,
     probe: str | Path | Probe = "synthetic",
     masks: str | Path | None = None,
@@ -190,21 +190,22 @@ def compare_checkpoints(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Comparison:
-    """Evaluate each Lightning checkpoint of ``module`` on one probe with one seed, and compare.
+    """Evaluate each checkpoint on one probe with one seed, and compare.
 
-    ``module`` is the LightningModule class or ``"pkg.mod:Class"``; ``probe`` is ``"synthetic"``,
+    Checkpoints are Lightning checkpoints of ``module`` (the LightningModule class or
+    ``"pkg.mod:Class"``) or HuggingFace model directories (``save_pretrained``); ``probe`` is
+    ``"synthetic"``,
     an ImageFolder-style directory (``masks``: PNG masks at the same relative paths) or a
     :class:`Probe` (normalised with ``mean``/``std``); ``engine`` holds DAVE's settings and
     ``options`` the metrics and compared methods. Checkpoints that need full unpickling are
     refused unless ``trust``.
     """
-    cls = import_class(module) if isinstance(module, str) else module
     engine = engine if isinstance(engine, DAVESettings) else DAVESettings(**dict(engine or {}))
     options = options or EvaluationOptions()
     paths = [Path(p) for p in checkpoints]
     for path in paths:
-        if not path.is_file():
-            raise UsageError(f"{path}: no such checkpoint file; check the path")
+        if not path.exists():
+            raise UsageError(f"{path}: no such checkpoint file or directory; check the path")
     run_dirs = [path.resolve().parent for path in paths]
     names = _run_names(run_dirs)
     evaluator: ProbeEvaluator | None = None
@@ -212,8 +213,8 @@ def compare_checkpoints(
     entries: list[Entry] = []
     bar = tqdm(paths, desc="evaluating checkpoints", disable=None if progress else True)
     for path, run_dir in zip(bar, run_dirs, strict=True):
-        module_, info = load_lightning_module(path, cls, trust=trust)
-        model = ModelAdapter(module_.to(device))
+        loaded, info = load_model(path, module, trust=trust)
+        model = ModelAdapter(loaded.to(device))
         if evaluator is None:
             probe_set, normal = _resolve_probe(
                 probe, model, masks, num_probe, image_size, mean, std

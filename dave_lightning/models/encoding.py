@@ -47,8 +47,56 @@ class InputEncoding:
         return torch.addcmul(noise.mul_(torch.sqrt(1.0 - keep**2)), keep, warped)
 
 
+class AddInverseEncoding(InputEncoding):
+    """B-cos inputs ``[x, 1 − x]``: the picture x in [0, 1] and its inverse, channel-stacked.
+
+    Warping acts on ``[x, −x]`` (zero padding), plus the constant ``[0, 1]``, so pixels from
+    outside the frame are black and correctly encoded; the noise is ``[ε, −ε]``. Gradients reach
+    all channels of the encoded source, so contributions cover both halves, as B-cos's own
+    contribution maps do.
+    """
+
+    name = "add_inverse"
+    description = "[x, 1 − x] with the picture x in [0, 1], as B-cos models take"
+    tolerance = 1e-4
+
+    def picture(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs[:, : inputs.shape[1] // 2]
+
+    def encode(self, pictures: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pictures, 1 - pictures], dim=1)
+
+    def matches(self, inputs: torch.Tensor) -> bool:
+        channels = inputs.shape[1]
+        if channels % 2 or not inputs.is_floating_point():
+            return False
+        half = channels // 2
+        error = (inputs[:, :half] + inputs[:, half:] - 1).abs().max()
+        return bool(error <= self.tolerance)
+
+    def noise_channels(self, channels: int) -> int:
+        return channels // 2
+
+    def perturb(
+        self,
+        source: torch.Tensor,
+        params: AffineParams,
+        keep: torch.Tensor | None,
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        half = source.shape[1] // 2
+        offset = torch.zeros(1, source.shape[1], 1, 1, device=source.device, dtype=source.dtype)
+        offset[:, half:] = 1.0
+        warped = warp(source - offset, params)
+        if keep is None:
+            return warped + offset
+        scale = torch.sqrt(1.0 - keep**2)
+        return offset + keep * warped + scale * torch.cat([noise, -noise], dim=1)
+
+
 IDENTITY = InputEncoding()
-ENCODINGS: dict[str, InputEncoding] = {IDENTITY.name: IDENTITY}
+ADD_INVERSE = AddInverseEncoding()
+ENCODINGS: dict[str, InputEncoding] = {IDENTITY.name: IDENTITY, ADD_INVERSE.name: ADD_INVERSE}
 
 
 def resolve_encoding(name: str | None, model: object, inputs: torch.Tensor) -> InputEncoding:

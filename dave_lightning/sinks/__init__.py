@@ -1,6 +1,7 @@
 """Where pictures go: one sink per logger of the Trainer (docs/architecture.md, "Add a logger").
 
-TensorBoard gets images in its event file; loggers without image support get PNG files in
+TensorBoard gets images in its event file, W&B through ``WandbLogger.log_image``, MLflow through
+the logger's client on its run; loggers without image support (CSVLogger) get PNG files in
 their own log directory. A logger type is mapped to a sink factory once, in :data:`SINKS`.
 """
 
@@ -9,16 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from dave_lightning.sinks.base import ImageSink
+from dave_lightning.sinks.mlflow import MlflowSink
 from dave_lightning.sinks.png import PngSink
 from dave_lightning.sinks.tensorboard import TensorBoardSink
+from dave_lightning.sinks.wandb import WandbSink
 
 SinkFactory = Callable[[Logger], ImageSink]
 
 SINKS: dict[type[Logger], SinkFactory] = {
     TensorBoardLogger: lambda logger: TensorBoardSink(logger.experiment),
+    WandbLogger: WandbSink,
+    MLFlowLogger: MlflowSink,
 }
 
 
@@ -53,9 +58,11 @@ def sinks_for_loggers(
 __all__ = [
     "SINKS",
     "ImageSink",
+    "MlflowSink",
     "PngSink",
     "SinkFactory",
     "TensorBoardSink",
+    "WandbSink",
     "register_sink",
     "sinks_for_loggers",
 ]

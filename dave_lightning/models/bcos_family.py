@@ -1,0 +1,84 @@
+"""B-cos models (the ``bcos`` package): explanation mode, ``[x, 1 − x]`` inputs, patch grid.
+
+B-cos layers scale their output by an input-dependent factor; their explanation mode holds it
+constant, which is what makes ``input × gradient`` their exact dynamic-linear contribution. The
+family enters it for every module that has one during attribution and restores each module's
+own state afterwards (the package's ``model.explanation_mode()`` leaves it off on exit instead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from dave_lightning.models.family import ModelFamily, Normalization
+
+
+def _explainable(module: nn.Module) -> bool:
+    return callable(getattr(module, "set_explanation_mode", None))
+
+
+class BcosFamily(ModelFamily):
+    """Models with B-cos layers (``set_explanation_mode``) or B-cos's ``explanation_mode()``."""
+
+    name = "bcos"
+
+    def owns(self, module: nn.Module) -> bool:
+        if callable(getattr(module, "explanation_mode", None)):
+            return True
+        return any(_explainable(m) for m in module.modules())
+
+    def _embedding(self, root: nn.Module) -> nn.Module | None:
+        """The simple ViT's patch embedding (an optional conv stem, then a patch rearrange)."""
+        return next(
+            (m.to_patch_embedding for m in root.modules() if hasattr(m, "to_patch_embedding")),
+            None,
+        )
+
+    def _patch(self, embedding: nn.Module) -> tuple[int, int] | None:
+        rearrange = next(
+            (m for m in embedding.modules() if "p1" in getattr(m, "axes_lengths", {})), None
+        )
+        if rearrange is None:
+            return None
+        return rearrange.axes_lengths["p1"], rearrange.axes_lengths["p2"]
+
+    def patch_size(self, root: nn.Module) -> int | None:
+        """The rearranged patch times the conv stem's strides (B-cos ViT-C)."""
+        embedding = self._embedding(root)
+        patch = None if embedding is None else self._patch(embedding)
+        if patch is None:
+            return None
+        strides = [m.stride[0] for m in embedding.modules() if isinstance(m, nn.Conv2d)]
+        return patch[0] * math.prod(strides)
+
+    def input_channels(self, root: nn.Module) -> int | None:
+        embedding = self._embedding(root)
+        patch = None if embedding is None else self._patch(embedding)
+        conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is not None or patch is None:
+            return None if conv is None else conv.in_channels
+        vit = next(m for m in root.modules() if hasattr(m, "to_patch_embedding"))
+        return vit.patch_dim // (patch[0] * patch[1])
+
+    def normalization(self, root: nn.Module) -> Normalization | None:
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # pictures in [0, 1], no normalisation
+
+    def input_encoding(self, root: nn.Module) -> str | None:
+        return "add_inverse"
+
+    @contextmanager
+    def attribution_context(self, root: nn.Module) -> Iterator[None]:
+        """Every B-cos module in explanation mode; each one's own state restored on exit."""
+        modules = [m for m in root.modules() if _explainable(m)]
+        states = [(m, bool(getattr(m, "is_in_explanation_mode", False))) for m in modules]
+        try:
+            for module in modules:
+                module.set_explanation_mode(True)
+            yield
+        finally:
+            for module, state in states:
+                module.set_explanation_mode(state)
