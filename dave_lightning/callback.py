@@ -191,6 +191,7 @@ class DAVEMonitor(pl.Callback):
         self._sinks: list[ImageSink] = []
         self._images01: torch.Tensor | None = None
         self._normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self._layout_logged = False
 
     # -------------------------------------------------------------------------- identity
 
@@ -242,6 +243,25 @@ class DAVEMonitor(pl.Callback):
                     "PNG files in its log directory (images/step_*/). Scalars reach every logger."
                 )
         self._warn_about_stale_monitors(trainer)
+        self._layout_logged = False
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(self._hyperparameters())
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        """The monitor's settings, flat, as ``<name>/<setting>`` (an hparams entry per logger)."""
+        settings = {**self.engine.to_dict(), **self.options.to_dict()}
+        settings.update(
+            num_probe=len(self.probe),
+            probe_sha256=self.probe.digest(),
+            every_n_epochs=self.every_n_epochs,
+            every_n_train_steps=self.every_n_train_steps,
+            slow_metrics_every=self.slow_metrics_every,
+        )
+        return {
+            f"{self.name}/{key}": ", ".join(map(str, value)) if isinstance(value, list) else value
+            for key, value in settings.items()
+        }
 
     def _check_names(self, trainer: pl.Trainer) -> None:
         names = [cb.name for cb in trainer.callbacks if isinstance(cb, DAVEMonitor)]
@@ -481,9 +501,23 @@ class DAVEMonitor(pl.Callback):
             panels.log_evaluation(
                 self._sinks, self.name, evaluation, self._images01, step, self.max_images
             )
+        if self._sinks and not self._layout_logged:
+            charts = self._charts([*(h["metrics"] for h in self.history), evaluation.metrics])
+            for sink in self._sinks:
+                sink.log_layout(f"DAVE ({self.name})", charts)
+            self._layout_logged = True
         if not self.history:
             evaluation.images = self.probe.images  # the run's first snapshot carries the probe
         save_snapshot(self.snapshot_dir, evaluation)
+
+    def _charts(self, evaluations: Sequence[Mapping[str, float]]) -> dict[str, list[str]]:
+        """One chart per metric: DAVE's value and each compared method's, as tags."""
+        keys = list(dict.fromkeys(key for metrics in evaluations for key in metrics))
+        charts = {}
+        for key in (k for k in keys if "/" not in k):
+            methods = [m for m in self.options.compare_methods if f"{m}/{key}" in keys]
+            charts[key] = [f"{self.name}/{key}", *(f"{self.name}/{m}/{key}" for m in methods)]
+        return charts
 
     def _log_progression(self, step: int) -> None:
         digest = self.probe.digest()

@@ -303,7 +303,10 @@ class ProbeEvaluator:
         items = {key: value.cpu() for key, value in results.items.items()}
         grid_items = {key: value.cpu() for key, value in results.grid_items.items()}
         labels = self.probe.labels
-        metrics = {"probe_accuracy": float((items["predictions"] == labels).float().mean())}
+        metrics = {
+            "probe_accuracy": float((items["predictions"] == labels).float().mean()),
+            "map_reliability": float(items["reliability"].nanmean()),
+        }
         for source in (items, grid_items):
             for key, value in source.items():
                 if key.startswith("value/"):

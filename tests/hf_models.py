@@ -40,7 +40,13 @@ BUILDERS = {
     ),
     "dinov2": (T.Dinov2Config, T.Dinov2ForImageClassification, DINO),
 }
-OFFSETS = ("position_embeddings", "cls_token", "distillation_token", "register_tokens", "mask_token")
+OFFSETS = (
+    "position_embeddings",
+    "cls_token",
+    "distillation_token",
+    "register_tokens",
+    "mask_token",
+)
 
 
 def hf_model(name: str, attention: str = "sdpa", **overrides: object) -> nn.Module:

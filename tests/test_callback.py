@@ -167,19 +167,6 @@ def test_a_stop_request_makes_that_evaluation_the_last_with_slow_metrics(tmp_pat
     assert all("deletion_lerf_blur" in entry["metrics"] for entry in monitor.history)
 
 
-def test_state_dict_round_trip() -> None:
-    monitor = DAVEMonitor(random_data(4))
-    monitor.history = [{"epoch": 0, "global_step": 5, "metrics": {"gini": 0.5}}]
-    monitor._last_step = 5
-    monitor._first_maps = torch.rand(4, 1, 32, 32)
-    monitor._previous_maps = torch.rand(4, 1, 32, 32)
-    restored = DAVEMonitor(random_data(4))
-    restored.load_state_dict(copy.deepcopy(monitor.state_dict()))
-    assert restored.history == monitor.history and restored._last_step == 5
-    assert torch.equal(restored._first_maps, monitor._first_maps)
-    assert torch.equal(restored._previous_maps, monitor._previous_maps)
-
-
 class _CountingClassifier(TinyClassifier):
     steps = 0
 

@@ -4,8 +4,9 @@ The robust mean keeps the values within 2.5 scaled MADs of the median (docs/meth
 It is exact while an image's samples fit the reservoir; beyond that the median and MAD come
 from the first reservoir's worth of samples (an evenly spaced subset, see :func:`sample_order`)
 and every later sample is streamed through the keep-rule, so memory stays bounded whatever the
-number of samples. Besides the mean over all samples, the accumulator keeps the means of the
-even- and odd-numbered samples, the two halves whose agreement is the map's reliability.
+number of samples. Besides the mean over all samples, the accumulator keeps the robust means of
+the even- and odd-numbered samples, each with its own median and MAD: the two independent
+half-sample estimates whose agreement is the map's reliability.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ class SampleAccumulator:
         self.robust = robust
         self.reservoir_size = reservoir_size if robust else 0
         self._reservoir: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._median: torch.Tensor | None = None
-        self._threshold: torch.Tensor | None = None
+        self._rules: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # all, half 0, half 1
         self._sums: list[torch.Tensor] | None = None  # all samples, then the two halves
         self._counts: list[torch.Tensor] | None = None
 
@@ -85,24 +85,32 @@ class SampleAccumulator:
 
     def _start(self, samples: torch.Tensor, halves: torch.Tensor) -> None:
         if self.robust:
-            self._median, self._threshold = _median_and_threshold(samples, 0)
+            self._rules = [_median_and_threshold(samples, 0)]
+            for half in (0, 1):
+                rows = samples[halves == half]
+                self._rules.append(_median_and_threshold(rows, 0) if len(rows) else None)
         self._accumulate(samples, halves)
 
     def _accumulate(self, samples: torch.Tensor, halves: torch.Tensor) -> None:
-        if self.robust:
-            keep = (samples - self._median).abs() <= self._threshold
-            kept = samples * keep
-        else:
-            keep, kept = torch.ones_like(samples, dtype=torch.bool), samples
         if self._sums is None:
             self._sums = [torch.zeros_like(samples[0]) for _ in range(3)]
             self._counts = [torch.zeros_like(samples[0]) for _ in range(3)]
-        self._sums[0] += kept.sum(0)
-        self._counts[0] += keep.sum(0)
+        self._add(0, samples)
         for half in (0, 1):
-            rows = halves == half
-            self._sums[1 + half] += kept[rows].sum(0)
-            self._counts[1 + half] += keep[rows].sum(0)
+            rows = samples[halves == half]
+            if len(rows):
+                self._add(1 + half, rows)
+
+    def _add(self, part: int, samples: torch.Tensor) -> None:
+        """Add samples to the sums of ``part`` (0: all, 1 and 2: the halves) by its keep-rule."""
+        if self.robust:
+            median, threshold = self._rules[part]
+            keep = (samples - median).abs() <= threshold
+            kept = samples * keep
+        else:
+            keep, kept = torch.ones_like(samples, dtype=torch.bool), samples
+        self._sums[part] += kept.sum(0)
+        self._counts[part] += keep.sum(0)
 
 
 def _cat(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 
 from dave_lightning.attribution.effective import effective_mode
 from dave_lightning.models import ModelAdapter
+from dave_lightning.models.encoding import ENCODINGS
 
 # Items per pass when batch_size is None: as many as 32 images of 224 × 224 pixels.
 AUTO_PIXELS_PER_PASS = 32 * 224 * 224
@@ -41,9 +42,14 @@ def check_inputs(
         raise ValueError("images is an empty batch; pass at least one image")
     channels = model.input_channels
     if channels is not None and images.shape[1] != channels:
-        raise ValueError(
-            f"images have {images.shape[1]} channels but the model expects {channels}; "
+        encoding = ENCODINGS.get(model.input_encoding or "none")
+        fix = (
             "convert the images (e.g. grayscale → RGB with images.expand(-1, 3, -1, -1))"
+            if encoding is None or encoding.name == "none"
+            else f"pass {encoding.name!r}-encoded inputs ({encoding.description})"
+        )
+        raise ValueError(
+            f"images have {images.shape[1]} channels but the model expects {channels}; {fix}"
         )
     if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
         raise TypeError(f"target must be an int or an integer tensor, got {type(target).__name__}")

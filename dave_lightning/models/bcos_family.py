@@ -2,8 +2,9 @@
 
 B-cos layers scale their output by an input-dependent factor; their explanation mode holds it
 constant, which is what makes ``input × gradient`` their exact dynamic-linear contribution. The
-family enters it for every module that has one during attribution and restores each module's
-own state afterwards (the package's ``model.explanation_mode()`` leaves it off on exit instead).
+family switches every B-cos module into explanation mode whenever it runs inside the effective
+mode (and out of it for plain gradients), and restores each module's own state afterwards (the
+package's ``model.explanation_mode()`` leaves it off on exit instead).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from dave_lightning.attribution.effective import in_effective_mode
 from dave_lightning.models.family import ModelFamily, Normalization
 
 
@@ -72,13 +74,18 @@ class BcosFamily(ModelFamily):
 
     @contextmanager
     def attribution_context(self, root: nn.Module) -> Iterator[None]:
-        """Every B-cos module in explanation mode; each one's own state restored on exit."""
+        """B-cos modules explain inside the effective mode; their own state restored on exit."""
         modules = [m for m in root.modules() if _explainable(m)]
         states = [(m, bool(getattr(m, "is_in_explanation_mode", False))) for m in modules]
+        hooks = [m.register_forward_pre_hook(_follow_effective_mode) for m in modules]
         try:
-            for module in modules:
-                module.set_explanation_mode(True)
             yield
         finally:
+            for hook in hooks:
+                hook.remove()
             for module, state in states:
                 module.set_explanation_mode(state)
+
+
+def _follow_effective_mode(module: nn.Module, args: tuple) -> None:
+    module.set_explanation_mode(in_effective_mode())

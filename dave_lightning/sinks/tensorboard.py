@@ -19,5 +19,10 @@ class TensorBoardSink(ImageSink):
     ) -> None:
         self.writer.add_image(tag, image, global_step=step)
 
+    def log_layout(self, category: str, charts: dict[str, list[str]]) -> None:
+        """A custom-scalars layout: one multi-line chart per title (CUSTOM SCALARS tab)."""
+        layout = {title: ["Multiline", tags] for title, tags in charts.items()}
+        self.writer.add_custom_scalars({category: layout})
+
     def flush(self) -> None:
         self.writer.flush()
