@@ -305,9 +305,9 @@ class DAVEMonitor(pl.Callback):
             if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and watched in slow:
                 rank_zero_warn(
                     f"{type(callback).__name__} monitors {watched}, which DAVEMonitor computes "
-                    f"at every {self.slow_metrics_every}th evaluation only; in between it sees "
-                    "the last computed value. Pass slow_metrics_every=1 to compute it at every "
-                    "evaluation."
+                    f"only at the first, every {self.slow_metrics_every}-th and the last "
+                    "evaluation; in between it sees the last computed value. Pass "
+                    "slow_metrics_every=1 to compute it at every evaluation."
                 )
 
     def _slow_keys(self) -> list[str]:

@@ -85,7 +85,7 @@ class HFModule(pl.LightningModule):
         super().__init__()
         self.model = hf_model("vit")
 
-    def forward(self, pixel_values: torch.Tensor):  # noqa: ANN201 - the HF output
+    def forward(self, pixel_values: torch.Tensor):
         return self.model(pixel_values=pixel_values)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
