@@ -1,11 +1,16 @@
-"""DAVE engine speed and memory, measured side by side in one run.
+"""DAVE engine speed and memory against the best the alternatives can do, side by side.
 
-Times DAVE (N samples, 2 images, random-init timm vit_small_patch16_224 at 224 px) against
-(a) the floor — one plain forward and input-gradient backward over the same 2·N model inputs
-(transformed and noised images),
-(b) a naive loop doing one sample at a time like the reference implementation, and
-(c) Captum's NoiseTunnel(InputXGradient) with the same N when Captum is installed.
-Then peak memory for n_samples 16 vs 128 at a fixed batch size, each in a fresh process.
+On a random-init timm ``vit_small_patch16_224`` at 224 px, 2 images × N samples:
+
+1. the floor: one plain forward and input-gradient backward of the same 2·N model inputs
+   (transformed and noised images), at several items per pass; the best of them is the floor;
+2. DAVE at its defaults (``batch_size=None``: the engine's own chunking), against that best
+   floor, and the effective mode's own cost (the floor's passes inside ``effective_mode``);
+3. a one-sample-per-pass implementation of the method (the reference implementation's shape)
+   and Captum's ``NoiseTunnel(InputXGradient)`` with the same N, each timed beside DAVE;
+4. memory: the peak added by one DAVE call at a fixed ``batch_size`` for N = 16, 64 and 128
+   (the robust mean's reservoir holds up to 64 samples per image), and the peak per item and
+   input pixel of one forward + backward pass, the figure behind the CUDA chunking rule.
 
     python benchmarks/bench_engine.py [--device cuda] [--repeats 3]
 """
@@ -22,12 +27,13 @@ import timm
 import torch
 from _timing import timed_side_by_side
 
-from dave_lightning import DAVE
-from dave_lightning.attribution.effective import effective_mode
-from dave_lightning.attribution.model_info import attribution_context
+from dave_lightning import DAVE, effective_mode
+from dave_lightning.attribution.gradients import auto_batch_size, chunks
 from dave_lightning.attribution.transforms import sample_affine, warp
+from dave_lightning.models import ModelAdapter
 
 MODEL = "vit_small_patch16_224"
+FLOOR_BATCHES = (2, 4, 8, 16, 32)
 
 
 def build(device: str, n_images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -39,59 +45,61 @@ def build(device: str, n_images: int) -> tuple[torch.nn.Module, torch.Tensor, to
 
 def model_inputs(engine: DAVE, images: torch.Tensor) -> torch.Tensor:
     """The 2·N images DAVE feeds the model: each image transformed and noised N times, with the
-    engine's own settings.
-
-    The floor runs on these rather than on N copies of the clean images because the speed of
-    the CPU kernels depends a little on the values (a noisy input costs ~3 % more).
-    """
-    n = engine.n_samples
+    engine's own settings (the CPU kernels' speed depends a little on the values)."""
+    settings, n = engine.settings, engine.settings.n_samples
     generator = torch.Generator().manual_seed(1)
     params = sample_affine(
         len(images) * n,
         generator=generator,
-        hflip_prob=engine.hflip_prob,
-        rotation=engine.rotation,
-        translation=engine.translation,
-        scale=engine.scale,
+        hflip_prob=settings.hflip_prob,
+        rotation=settings.rotation,
+        translation=settings.translation,
+        scale=settings.scale,
     )
-    keep = (1 - torch.linspace(0, engine.noise_alpha, n)).repeat(len(images)).view(-1, 1, 1, 1)
+    keep = (1 - torch.linspace(0, settings.noise_alpha, n)).repeat(len(images)).view(-1, 1, 1, 1)
     keep = keep.to(images.device)
     noise = torch.randn(len(images) * n, *images.shape[1:], generator=generator)
     warped = warp(images.repeat_interleave(n, 0), params)
     return keep * warped + (1 - keep**2).sqrt() * noise.to(images.device)
 
 
-def floor(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> None:
-    """One plain forward + input backward over the model inputs, frozen parameters."""
-    with attribution_context(model):
-        x = inputs.clone().requires_grad_()
-        selected = model(x).gather(1, target.view(-1, 1))
-        torch.autograd.grad(selected.sum(), x)
+def floor(
+    model: ModelAdapter,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    batch_size: int,
+    effective: bool = False,
+) -> None:
+    """Forward + input-gradient backward of ``inputs`` in passes of ``batch_size``."""
+    with model.attribution():
+        for chunk in chunks(len(inputs), batch_size):
+            x = inputs[chunk].clone().requires_grad_()
+            if effective:
+                with effective_mode():
+                    selected = model(x).gather(1, target[chunk].view(-1, 1))
+            else:
+                selected = model(x).gather(1, target[chunk].view(-1, 1))
+            torch.autograd.grad(selected.sum(), x)
 
 
-def naive_loop(
-    model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor, n: int, alpha: float
+def one_sample_per_pass(
+    model: ModelAdapter, images: torch.Tensor, target: torch.Tensor, n: int, alpha: float
 ) -> torch.Tensor:
     """The reference implementation's shape: one (image, sample) forward/backward at a time."""
     generator = torch.Generator().manual_seed(0)
     maps = []
-    with attribution_context(model):
+    with model.attribution():
         for image, label in zip(images, target, strict=True):
             params = sample_affine(
-                n,
-                generator=generator,
-                hflip_prob=0.5,
-                rotation=20,
-                translation=0.1,
+                n, generator=generator, hflip_prob=0.5, rotation=20, translation=0.1,
                 scale=(0.9, 1.1),
-            )
+            )  # fmt: skip
             samples = []
             for k, t in enumerate(torch.linspace(0, alpha, n).tolist()):
                 source = image[None].clone().requires_grad_()
                 noise = torch.randn(source.shape, generator=generator).to(source.device)
-                x = (1 - t) * warp(source, params.index(torch.tensor([k]))) + (
-                    1 - (1 - t) ** 2
-                ) ** 0.5 * noise
+                warped = warp(source, params.index(torch.tensor([k])))
+                x = (1 - t) * warped + (1 - (1 - t) ** 2) ** 0.5 * noise
                 with effective_mode():
                     logit = model(x)[0, label]
                 (grad,) = torch.autograd.grad(logit, source)
@@ -136,39 +144,36 @@ def reset_peak_rss() -> int:
     return read_status_kib("VmRSS") * 1024
 
 
-def peak_memory_child(device: str, n_samples: int, batch_size: int) -> None:
-    """Run in a fresh process: print the peak memory added by one DAVE call, in MiB."""
-    model, images, target = build(device, 2)
-    engine = DAVE(model, n_samples=n_samples, batch_size=batch_size)
+def measure_peak(device: str, fn: Callable[[], object]) -> float:
+    """Bytes added at the peak of ``fn()`` (CUDA allocations, or resident memory on a CPU)."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        engine.attribute(images, target)
-        peak = torch.cuda.max_memory_allocated() - base
+        fn()
+        return torch.cuda.max_memory_allocated() - base
+    base = reset_peak_rss()
+    fn()
+    return read_status_kib("VmHWM") * 1024 - base
+
+
+def memory_child(device: str, what: str, value: int, batch_size: int) -> None:
+    """In a fresh process: print the peak bytes of one DAVE call or of one floor pass."""
+    model, images, target = build(device, 2)
+    if what == "dave":
+        engine = DAVE(model, n_samples=value, batch_size=batch_size)
+        peak = measure_peak(device, lambda: engine.attribute(images, target))
     else:
-        base = reset_peak_rss()
-        engine.attribute(images, target)
-        peak = read_status_kib("VmHWM") * 1024 - base
-    print(json.dumps({"peak_mib": peak / 2**20}))
+        inputs = images.repeat(value // 2, 1, 1, 1)
+        adapter = ModelAdapter(model)
+        peak = measure_peak(device, lambda: floor(adapter, inputs, target.repeat(value // 2), value))
+    print(json.dumps({"peak": peak}))
 
 
-def peak_memory(device: str, n_samples: int, batch_size: int) -> float:
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child-memory",
-            str(n_samples),
-            "--batch-size",
-            str(batch_size),
-            "--device",
-            device,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+def child_peak(device: str, what: str, value: int, batch_size: int) -> float:
+    command = [sys.executable, __file__, "--child", what, str(value), "--batch-size"]
+    command += [str(batch_size), "--device", device]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak"]
 
 
 def main() -> None:
@@ -176,58 +181,71 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=16, help="for the memory rows")
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child_memory is not None:
-        peak_memory_child(args.device, args.child_memory, args.batch_size)
+    if args.child is not None:
+        memory_child(args.device, args.child[0], int(args.child[1]), args.batch_size)
         return
 
     n = args.n_samples
     model, images, target = build(args.device, 2)
-    engine = DAVE(model, n_samples=n, noise_alpha=0.5, batch_size=2 * n)
+    adapter = ModelAdapter(model)
+    engine = DAVE(model, n_samples=n, noise_alpha=0.5)
     inputs, targets = model_inputs(engine, images), target.repeat_interleave(n)
+    auto = auto_batch_size(images)
     print(
         f"{MODEL} random init, 2 images at 224 px, n_samples={n}, device={args.device}, "
-        f"threads={torch.get_num_threads()}"
+        f"threads={torch.get_num_threads()}, {args.repeats} interleaved rounds (medians)"
     )
-    # Each comparison runs as its own interleaved pair: a pass after the naive loop's many small
-    # allocations runs slower, so mixing all four in one round would bias whichever follows it.
-    floor_seconds, dave_seconds = timed_side_by_side(
-        [lambda: floor(model, inputs, targets), lambda: engine.attribute(images, target)],
+    batches = [b for b in FLOOR_BATCHES if b <= 2 * n]
+    floors = timed_side_by_side(
+        [lambda b=b: floor(adapter, inputs, targets, b) for b in batches], args.device, args.repeats
+    )
+    best = min(range(len(batches)), key=floors.__getitem__)
+    print(f"\nfloor: plain forward + input backward of the same {2 * n} model inputs")
+    for size, seconds in zip(batches, floors, strict=True):
+        mark = "  <- best" if size == batches[best] else ""
+        print(f"  {size:>3} items per pass {seconds:>9.3f} s  {seconds / floors[best]:>5.2f} ×{mark}")
+
+    floor_s, dave_s, effective_s = timed_side_by_side(
+        [
+            lambda: floor(adapter, inputs, targets, batches[best]),
+            lambda: engine.attribute(images, target),
+            lambda: floor(adapter, inputs, targets, batches[best], effective=True),
+        ],
         args.device,
         args.repeats,
     )
-    rows = [
-        ("floor: plain forward+backward of 2·N images", floor_seconds, dave_seconds),
-        ("DAVE (one batched pass)", dave_seconds, dave_seconds),
-    ]
-    others = {"naive loop, one sample per pass": lambda: naive_loop(model, images, target, n, 0.5)}
+    print(f"\nDAVE at its defaults ({auto} items per pass here) against the best floor")
+    print(f"  best floor ({batches[best]} items per pass) {floor_s:>9.3f} s")
+    print(f"  floor in effective mode        {effective_s:>9.3f} s  {effective_s / floor_s:.2f} ×")
+    print(f"  DAVE, batch_size=None          {dave_s:>9.3f} s  {dave_s / floor_s:.2f} ×")
+
+    others = {"one sample per pass": lambda: one_sample_per_pass(adapter, images, target, n, 0.5)}
     captum = captum_noise_tunnel(model, images, target, n)
     if captum is not None:
         others["Captum NoiseTunnel(InputXGradient)"] = captum
+    print("\nalternatives, each timed beside DAVE (÷ DAVE: that pair's ratio)")
     for name, fn in others.items():
         dave_pair, seconds = timed_side_by_side(
             [lambda: engine.attribute(images, target), fn], args.device, args.repeats
         )
-        rows.append((name, seconds, dave_pair))
-    print(f"{'method':<46} {'seconds':>9} {'× floor':>8} {'÷ DAVE':>8}")
-    for name, seconds, dave_pair in rows:
-        versus_dave = seconds / dave_pair
-        print(
-            f"{name:<46} {seconds:>9.3f} {versus_dave * dave_seconds / floor_seconds:>8.2f} "
-            f"{versus_dave:>8.2f}"
-        )
-    print("(each row timed side by side with DAVE; ÷ DAVE is that pair's ratio)")
+        print(f"  {name:<36} {seconds:>9.3f} s  {seconds / dave_pair:.2f} × DAVE")
     if captum is None:
-        print("(Captum not installed: pip install captum)")
+        print("  (Captum not installed: pip install captum)")
 
     kind = "CUDA allocated" if args.device == "cuda" else "resident (VmHWM − VmRSS before)"
-    print(f"\npeak {kind} memory of one DAVE call, batch_size={args.batch_size}, 2 images")
-    small = peak_memory(args.device, 16, args.batch_size)
-    large = peak_memory(args.device, 128, args.batch_size)
-    print(f"n_samples=16 : {small:8.1f} MiB")
-    print(f"n_samples=128: {large:8.1f} MiB  (ratio {large / small:.3f})")
+    print(f"\npeak {kind} memory, each in a fresh process")
+    for samples in (16, 64, 128):
+        peak = child_peak(args.device, "dave", samples, args.batch_size)
+        print(f"  one DAVE call, batch_size={args.batch_size}, n_samples={samples:<4} "
+              f"{peak / 2**20:>8.1f} MiB")  # fmt: skip
+    per_item = child_peak(args.device, "floor", 8, 8) / 8
+    print(
+        f"  one forward + backward pass of 8 items: {per_item / 2**20:.1f} MiB per item, "
+        f"{per_item / 224**2:.0f} bytes per input pixel"
+    )
 
 
 if __name__ == "__main__":

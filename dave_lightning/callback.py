@@ -36,6 +36,7 @@ from dave_lightning.metrics.registry import METRICS
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.adapter import ForwardFn
 from dave_lightning.models.encoding import resolve_encoding
+from dave_lightning.models.transformers_family import processor_normalization
 from dave_lightning.probe import Probe, build_probe, val_dataloader
 from dave_lightning.sinks import ImageSink, sinks_for_loggers
 from dave_lightning.snapshot import list_snapshots, load_evaluation, save_snapshot
@@ -65,6 +66,8 @@ class DAVEMonitor(pl.Callback):
         grid_k, deletion_steps, deletion_baseline: grid pointing game and deletion settings.
         log_images, max_images: pictures to every logger, for this many probe images.
         mean, std: the probe's normalisation, for display (default: the model's own).
+        image_processor: a HuggingFace image processor whose ``image_mean``/``image_std`` give
+            that normalisation instead.
         forward_fn: ``forward_fn(pl_module, images)`` when the module's output holds no logits.
         input_encoding: ``"add_inverse"`` for B-cos inputs ``[x, 1 − x]`` (default: the
             model's own, else detected from the probe).
@@ -110,6 +113,7 @@ class DAVEMonitor(pl.Callback):
         max_images: int = 8,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        image_processor: Any | None = None,
         forward_fn: ForwardFn | None = None,
         input_encoding: str | None = None,
         snapshot_dir: str | Path | None = None,
@@ -138,6 +142,16 @@ class DAVEMonitor(pl.Callback):
                 raise ValueError(f"{label} must hold 1 or 3 values (per channel), got {values}")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
+        if image_processor is not None:
+            if mean is not None:
+                raise ValueError("give mean/std or image_processor, not both")
+            normalization = processor_normalization(image_processor)
+            if normalization is None:
+                raise TypeError(
+                    "image_processor must have image_mean and image_std (a HuggingFace image "
+                    f"processor), got {type(image_processor).__name__}"
+                )
+            mean, std = normalization
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError("forward_fn must be callable as forward_fn(pl_module, images)")
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):

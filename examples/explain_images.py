@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dave_lightning import DAVE, viz
-from dave_lightning.data import SyntheticShapes
-from dave_lightning.demo import ShapesClassifier
+from dave_lightning.data import ShapesClassifier, SyntheticShapes
 
 TITLES = ("input", "input × gradient", "input × effective", "input × equivariant", "DAVE")
 

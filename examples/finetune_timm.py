@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from dave_lightning import DAVEMonitor
-from dave_lightning.demo import ShapesDataModule
+from dave_lightning.data import ShapesDataModule
 
 
 class TimmClassifier(pl.LightningModule):
@@ -96,6 +96,7 @@ def main() -> None:
         help="input size (default: 64 synthetic, the model's own for --data)",
     )
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-size", type=int, default=2048, help="synthetic training images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--num-probe", type=int, default=16)
@@ -106,7 +107,9 @@ def main() -> None:
 
     if args.data is None:
         size = args.image_size or 64
-        data = ShapesDataModule(image_size=size, train_size=2048, batch_size=args.batch_size)
+        data = ShapesDataModule(
+            image_size=size, train_size=args.train_size, batch_size=args.batch_size
+        )
         probe, (mean, std), num_classes = data.probe(args.num_probe), (data.mean, data.std), 4
         train_loader, val_loader = None, None
     else:
@@ -145,12 +148,14 @@ def main() -> None:
         trainer.fit(model, train_loader, val_loader)
     for record in monitor.history:
         metrics = record["metrics"]
-        print(
-            f"step {record['global_step']:>6}: probe accuracy {metrics['probe_accuracy']:.2f}, "
-            f"EnergyPG {metrics.get('energy_pg', float('nan')):.2f}, "
-            f"GridPG {metrics.get('grid_pg', float('nan')):.2f}, "
-            f"stability {metrics['stability_spearman']:.2f}"
-        )
+        line = f"step {record['global_step']:>6}: probe accuracy {metrics['probe_accuracy']:.2f}"
+        # EnergyPG needs masks; GridPG and stability are slow metrics (not at every evaluation)
+        for key, title in (("energy_pg", "EnergyPG"), ("grid_pg", "GridPG")):
+            if key in metrics:
+                line += f", {title} {metrics[key]:.2f}"
+        if "stability_spearman" in metrics:
+            line += f", stability {metrics['stability_spearman']:.2f}"
+        print(line + f", map reliability {metrics['map_reliability']:.2f}")
     print(f"tensorboard --logdir {args.out}")
 
 

@@ -8,7 +8,7 @@ dave_lightning.DAVEMonitor`` plus ``init_args``), like any other Lightning callb
 
 from lightning.pytorch.cli import LightningCLI
 
-from dave_lightning.demo import ShapesClassifier, ShapesDataModule
+from dave_lightning.data import ShapesClassifier, ShapesDataModule
 
 
 def main() -> None:

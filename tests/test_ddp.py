@@ -68,7 +68,9 @@ def run(tmp_path: Path, devices: int, fail_at: int | None = None) -> dict[int, d
     strategy = "ddp" if devices > 1 else "auto"
     tests = str(Path(__file__).parent)
     script.write_text(
-        SCRIPT.format(tests=tests, out=str(out), devices=devices, strategy=strategy, fail_at=fail_at)
+        SCRIPT.format(
+            tests=tests, out=str(out), devices=devices, strategy=strategy, fail_at=fail_at
+        )
     )
     done = subprocess.run(
         [sys.executable, str(script)],

@@ -1,18 +1,13 @@
-"""The demo (--fast) and the LightningCLI example, end to end on the CPU."""
+"""The demo (--fast), end to end on the CPU."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dave_lightning.demo import run_demo
-
-ROOT = Path(__file__).parent.parent
 
 
 def events(log_dir: Path) -> EventAccumulator:
@@ -48,25 +43,3 @@ def test_fast_demo_logs_maps_metrics_report_and_table(
     if shortcut:
         assert [event.step for event in accumulator.Scalars("dave/region_marker")] == steps
         assert "marker" in printed
-
-
-def test_lightning_cli_example_runs_with_the_monitor_from_yaml(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "examples" / "lightning_cli.py"),
-        "fit",
-        "--config",
-        str(ROOT / "examples" / "cli_config.yaml"),
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log_dir = tmp_path / "lightning_logs" / "version_0"
-    accumulator = events(log_dir)
-    assert [event.step for event in accumulator.Scalars("dave/energy_pg")] == [0, 4]
-    assert "dave/probe/0" in accumulator.Tags()["images"]
-    assert sorted(p.name for p in (log_dir / "dave").glob("step_*.pt")) == [
-        "step_00000000.pt",
-        "step_00000004.pt",
-    ]

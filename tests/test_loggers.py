@@ -71,7 +71,9 @@ def test_wandb_gets_scalars_and_captioned_images_at_the_evaluation_steps(
     run_dir = Path(logger.experiment.dir).parent
     wandb.finish()
     rows = history(run_dir)
-    energy = [(r["trainer/global_step"], r["dave/energy_pg"]) for r in rows if "dave/energy_pg" in r]
+    energy = [
+        (r["trainer/global_step"], r["dave/energy_pg"]) for r in rows if "dave/energy_pg" in r
+    ]
     expected = [(h["global_step"], h["metrics"]["energy_pg"]) for h in monitor.history]
     assert [step for step, _ in energy] == [0, 2, 4]
     np.testing.assert_allclose([v for _, v in energy], [v for _, v in expected], rtol=1e-6)

@@ -85,6 +85,7 @@ def test_adaptive_sampling_never_exceeds_its_cap(model: nn.Module) -> None:
     dave = DAVE(model, n_samples=4, target_reliability=1.0, max_samples=13, batch_size=7)
     _, reliability = dave.attribute(IMAGES, TARGET, return_reliability=True)
     assert sum(seen) == 4 * 13  # unreachable target: every image draws up to the cap
+    assert (reliability < 1).all()
     assert max(seen) <= 7
 
 

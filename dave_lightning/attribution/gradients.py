@@ -14,13 +14,24 @@ from dave_lightning.attribution.effective import effective_mode
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import ENCODINGS
 
-# Items per pass when batch_size is None: as many as 32 images of 224 × 224 pixels.
-AUTO_PIXELS_PER_PASS = 32 * 224 * 224
+# Items per pass when batch_size is None (docs/method.md, "The engine"). On a CPU: as many as 8
+# images of 224 × 224 pixels, where benchmarks/bench_engine.py finds plain forward + backward
+# passes fastest (flat from 4 to 16 images, slower at 32). On CUDA: what a quarter of the free
+# memory holds at CUDA_BYTES_PER_PIXEL per input pixel, up to CUDA_MAX_ITEMS.
+CPU_PIXELS_PER_PASS = 8 * 224 * 224
+CUDA_MEMORY_SHARE = 0.25
+CUDA_BYTES_PER_PIXEL = 4096
+CUDA_MAX_ITEMS = 256
 
 
 def auto_batch_size(images: torch.Tensor) -> int:
-    """Items per forward/backward pass when the caller gives none: a fixed pixel budget."""
-    return max(1, AUTO_PIXELS_PER_PASS // (images.shape[-2] * images.shape[-1]))
+    """Items per forward/backward pass when the caller gives none, for the images' device."""
+    pixels = images.shape[-2] * images.shape[-1]
+    if images.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(images.device)
+        items = int(free * CUDA_MEMORY_SHARE) // (CUDA_BYTES_PER_PIXEL * pixels)
+        return max(1, min(CUDA_MAX_ITEMS, items))
+    return max(1, CPU_PIXELS_PER_PASS // pixels)
 
 
 def check_inputs(

@@ -11,12 +11,10 @@ family cannot cover is named in a warning. ``transformers`` is imported only for
 from __future__ import annotations
 
 import functools
-import json
 import re
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -102,6 +100,13 @@ def _configs(root: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
+def processor_normalization(processor: Any) -> Normalization | None:
+    """(mean, std) of a HuggingFace image processor (``image_mean``, ``image_std``)."""
+    mean = floats(list(getattr(processor, "image_mean", None) or []))
+    std = floats(list(getattr(processor, "image_std", None) or []))
+    return None if mean is None or std is None else (mean, std)
+
+
 class TransformersFamily(ModelFamily):
     """``transformers.PreTrainedModel`` image classifiers (main input ``pixel_values``)."""
 
@@ -133,14 +138,18 @@ class TransformersFamily(ModelFamily):
         return size_pair(getattr(self._config(root), "image_size", None))
 
     def normalization(self, root: nn.Module) -> Normalization | None:
-        """From ``preprocessor_config.json`` beside the weights, when the model was loaded
-        from a local directory (``from_pretrained(dir)``)."""
-        path = Path(str(getattr(root, "name_or_path", "") or "")) / "preprocessor_config.json"
-        if not path.is_file():
+        """From the model's image processor, where ``from_pretrained`` left one on disk: its
+        local directory or the HuggingFace cache (nothing is downloaded)."""
+        source = str(getattr(root, "name_or_path", "") or "")
+        if not source:
             return None
-        config = json.loads(path.read_text())
-        mean, std = floats(config.get("image_mean")), floats(config.get("image_std"))
-        return None if mean is None or std is None else (mean, std)
+        from transformers import AutoImageProcessor
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+        except Exception:  # no processor saved with the model: the adapter's fallback applies
+            return None
+        return processor_normalization(processor)
 
     def noise_alpha(self, root: nn.Module) -> float | None:
         """The reference table by checkpoint name (``facebook/deit-small-patch16-224``)."""
