@@ -25,11 +25,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
-from dave_lightning import DAVEMonitor, viz
-from dave_lightning.demo import DEFAULT, ShapesClassifier, ShapesDataModule, quiet_lightning
-from dave_lightning.evaluation import METRICS, SLOW_METRICS, ProbeEvaluator
-from dave_lightning.probe import Probe
-from dave_lightning.reporting import ImageSink, log_evaluation
+from dave_lightning import DAVEMonitor, panels, viz
+from dave_lightning.data import ShapesClassifier, ShapesDataModule
+from dave_lightning.demo import DEFAULT, quiet_lightning
+from dave_lightning.evaluation import EvaluationOptions, ProbeEvaluator
+from dave_lightning.metrics.registry import METRICS, metric_names
+from dave_lightning.models import ModelAdapter
+from dave_lightning.sinks import TensorBoardSink
 from dave_lightning.snapshot import save_snapshot
 
 RUNS = {"no monitor": False, "monitor (defaults)": True}
@@ -111,28 +113,32 @@ def stage_costs(root: Path) -> tuple[DAVEMonitor, dict[str, float]]:
     """A default monitor and the seconds of one evaluation at its settings, split by stage."""
     torch.manual_seed(0)
     data = ShapesDataModule(image_size=DEFAULT.image_size)
-    model = demo_model().eval()
+    model = ModelAdapter(demo_model().eval())
     monitor = DAVEMonitor(data.probe(DEFAULT.num_probe))
-    probe = Probe(*monitor.probe_source)
-    engine = monitor.engine
-    options = {"deletion_steps": monitor.deletion_steps, "grid_k": monitor.grid_k}
-    fast = tuple(m for m in METRICS if m not in SLOW_METRICS)
+    fast = tuple(m for m in metric_names() if not METRICS[m].slow)
+    slow = tuple(m for m in metric_names() if METRICS[m].slow)
 
-    def evaluate(metrics: tuple[str, ...]) -> float:
-        evaluator = ProbeEvaluator(probe, engine=engine, metrics=metrics, **options)
-        return timed(lambda: evaluator.evaluate(model))
+    def evaluator(metrics: tuple[str, ...]) -> ProbeEvaluator:
+        options = EvaluationOptions(
+            metrics=metrics,
+            compare_methods=monitor.options.compare_methods,
+            grid_k=monitor.options.grid_k,
+            deletion_steps=monitor.options.deletion_steps,
+        )
+        return ProbeEvaluator(monitor.probe, monitor.engine, options)
 
-    light = evaluate(fast)
+    light = timed(lambda: evaluator(fast).evaluate(model))
     costs = {f"maps + {', '.join(fast)}": light}
-    for metric in SLOW_METRICS:
-        costs[f"+ {metric}"] = evaluate((*fast, metric)) - light
-    evaluation = ProbeEvaluator(probe, engine=engine, **options).evaluate(model)
-    images01 = viz.denormalize(probe.images, data.mean, data.std)
+    for metric in slow:
+        costs[f"+ {metric}"] = timed(lambda m=metric: evaluator((*fast, m)).evaluate(model)) - light
+    evaluation = evaluator(metric_names()).evaluate(model)
+    evaluation.global_step = 0
+    images01 = viz.denormalize(monitor.probe.images, data.mean, data.std)
     writer = SummaryWriter(str(root / "stages"))
 
     def publish() -> None:
-        log_evaluation(ImageSink(writer, root), evaluation, images01, 0, 8)
-        save_snapshot(root, evaluation, epoch=0, global_step=0, settings={}, labels=probe.labels)
+        panels.log_evaluation([TensorBoardSink(writer)], "dave", evaluation, images01, 0, 8)
+        save_snapshot(root / "stages", evaluation)
 
     costs["images + snapshot"] = timed(publish)
     writer.close()
@@ -181,10 +187,10 @@ def main() -> None:
     epoch = base / args.epochs
     total = sum(stages.values())
     print(
-        f"\none evaluation at the defaults ({defaults.num_probe} probe images, n_samples "
-        f"{defaults.engine['n_samples']}, {defaults.deletion_steps} deletion steps, compared "
-        f"with {', '.join(defaults.compare_methods)}) with the slow metrics: {total:.1f} s, "
-        f"{total / epoch:.0%} of one training epoch ({epoch:.1f} s)"
+        f"\none evaluation at the defaults ({len(defaults.probe)} probe images, n_samples "
+        f"{defaults.engine.n_samples}, {defaults.options.deletion_steps} deletion steps, compared "
+        f"with {', '.join(defaults.options.compare_methods)}) with the slow metrics: "
+        f"{total:.1f} s, {total / epoch:.0%} of one training epoch ({epoch:.1f} s)"
     )
     for name, seconds in stages.items():
         print(f"  {name:<48} {seconds:>6.2f} s ({seconds / total:>4.0%})")

@@ -78,16 +78,15 @@ def write_run(directory: Path, evaluations: int, probe: int, size: int) -> None:
             targets=labels,
             predictions=labels,
             metrics=metrics,
-            curves={"deletion_lerf_blur": (fractions, 1 - fractions)},
-        )
-        save_snapshot(
-            directory / "dave",
-            evaluation,
+            curves={"dave/deletion_lerf_blur": (fractions, 1 - fractions)},
+            labels=labels,
+            probabilities=torch.rand(probe, generator=generator),
+            reliability=torch.rand(probe, generator=generator),
             epoch=index,
             global_step=100 * index,
             settings=settings,
-            labels=labels,
         )
+        save_snapshot(directory / "dave", evaluation)
 
 
 def timed(label: str, fn: object) -> object:

@@ -165,7 +165,9 @@ def memory_child(device: str, what: str, value: int, batch_size: int) -> None:
     else:
         inputs = images.repeat(value // 2, 1, 1, 1)
         adapter = ModelAdapter(model)
-        peak = measure_peak(device, lambda: floor(adapter, inputs, target.repeat(value // 2), value))
+        peak = measure_peak(
+            device, lambda: floor(adapter, inputs, target.repeat(value // 2), value)
+        )
     print(json.dumps({"peak": peak}))
 
 
@@ -206,7 +208,9 @@ def main() -> None:
     print(f"\nfloor: plain forward + input backward of the same {2 * n} model inputs")
     for size, seconds in zip(batches, floors, strict=True):
         mark = "  <- best" if size == batches[best] else ""
-        print(f"  {size:>3} items per pass {seconds:>9.3f} s  {seconds / floors[best]:>5.2f} ×{mark}")
+        print(
+            f"  {size:>3} items per pass {seconds:>9.3f} s  {seconds / floors[best]:>5.2f} ×{mark}"
+        )
 
     floor_s, dave_s, effective_s = timed_side_by_side(
         [

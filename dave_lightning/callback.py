@@ -194,6 +194,7 @@ class DAVEMonitor(pl.Callback):
         self.on_error = on_error
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
+        self._attempted_step: int | None = None  # the last step tried, even if it failed
         self._first_maps: torch.Tensor | None = None
         self._previous_maps: torch.Tensor | None = None
         self._probe_source = probe
@@ -369,9 +370,9 @@ class DAVEMonitor(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.at_end:
             return
-        if trainer.global_step != self._last_step:
+        if trainer.global_step not in (self._last_step, self._attempted_step):
             self._evaluate(trainer, pl_module, last=True)
-        elif self.history and not self.history[-1].get("slow", True):
+        elif trainer.global_step == self._last_step and not self.history[-1].get("slow", True):
             # the fit ended right after an evaluation that did not know it was the last
             self._guarded(trainer.global_step, self._run_evaluation, trainer, pl_module, True, True)
         if self._sinks and trainer.is_global_zero and self.history:
@@ -385,10 +386,11 @@ class DAVEMonitor(pl.Callback):
     def _evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, last: bool = False
     ) -> None:
-        """One evaluation at the current step (at most one per step); ``last``: of the fit."""
+        """One evaluation at the current step (at most one try per step); ``last``: of the fit."""
         step = trainer.global_step
-        if self._evaluator is None or step == self._last_step:
+        if self._evaluator is None or step in (self._last_step, self._attempted_step):
             return
+        self._attempted_step = step
         self._guarded(step, self._run_evaluation, trainer, pl_module, last, False)
 
     def _guarded(self, step: int, fn: Callable[..., None], *args: Any) -> None:

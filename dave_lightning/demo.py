@@ -332,6 +332,7 @@ def run_demo(
         )
     with quiet_lightning():
         trainer = pl.Trainer(
+            accelerator="cpu",  # the same run, and the same numbers, on any machine
             max_epochs=settings.epochs,
             limit_train_batches=settings.limit_train_batches,
             logger=logger,

@@ -1,45 +1,109 @@
-"""The docs cover the public API: every exported name, callback option and CLI option."""
+"""The docs name the public API where a reader looks for it, link to files that exist, and
+say which script printed every benchmark figure.
+
+Every ``DAVEMonitor`` option has its own row in the options table of docs/callback.md, every
+exported name appears backticked (exactly, not as part of a longer name) in its own page, and
+every CLI option in its own command's section of docs/cli.md.
+"""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import re
 from pathlib import Path
+
+import pytest
 
 import dave_lightning
 from dave_lightning import DAVEMonitor, metrics
 from dave_lightning.cli import build_parser
 
 DOCS = Path(__file__).parent.parent / "docs"
+# Which page documents which exported name.
+PAGES = {
+    **{name: "metrics.md" for name in metrics.__all__},
+    "DAVE": "method.md",
+    "DAVESettings": "method.md",
+    "effective_mode": "method.md",
+    "InputXGradient": "method.md",
+    "InputXEffective": "method.md",
+    "DAVEMonitor": "callback.md",
+}
 
 
-def _text(name: str) -> str:
-    return (DOCS / name).read_text()
+def _text(page: str) -> str:
+    return (DOCS / page).read_text()
 
 
-def test_every_exported_name_is_documented() -> None:
-    text = "".join(p.read_text() for p in DOCS.glob("*.md"))
-    for name in dave_lightning.__all__ + metrics.__all__:
-        assert name in text, f"{name} is not documented in docs/"
+def _section(text: str, heading: str) -> str:
+    """From the line ``heading`` up to the next ``## `` heading (or the end)."""
+    lines = text.splitlines()
+    start = lines.index(heading)  # ValueError names a missing heading
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end])
 
 
-def test_every_callback_option_is_documented() -> None:
-    text = _text("callback.md")
-    for name in inspect.signature(DAVEMonitor.__init__).parameters:
-        if name != "self":
-            assert f"`{name}`" in text, f"DAVEMonitor option {name} is not in docs/callback.md"
+def _table_first_cells(section: str) -> list[str]:
+    """First cells of the markdown table rows of a section (header and rule rows excluded)."""
+    cells = []
+    for line in section.splitlines():
+        if line.startswith("|") and not re.match(r"^\|\s*-", line):
+            cells.append(line.split("|")[1].strip())
+    return cells[1:]  # the header row
 
 
-def test_every_cli_option_is_documented() -> None:
-    text = _text("cli.md")
+def _backticked(name: str, text: str) -> bool:
+    """``name`` as an exact identifier in backticks: `name`, `name(...)`, `name.attr`, also
+    qualified with its module (`dave_lightning.name`, `dave_lightning.metrics.name`)."""
+    prefix = r"(?:dave_lightning\.(?:metrics\.)?)?"
+    return re.search(rf"`{prefix}{re.escape(name)}[`(.\[]", text) is not None
+
+
+def _monitor_options() -> list[str]:
+    return [name for name in inspect.signature(DAVEMonitor.__init__).parameters if name != "self"]
+
+
+@pytest.mark.parametrize("option", _monitor_options())
+def test_every_monitor_option_has_a_row_in_the_options_table(option: str) -> None:
+    options = _section(_text("callback.md"), "## Options")
+    cells = _table_first_cells(options)
+    assert any(re.search(rf"`{re.escape(option)}`", cell) for cell in cells), (
+        f"DAVEMonitor option {option!r} has no row in the options table of docs/callback.md"
+    )
+
+
+def test_the_options_table_documents_no_option_that_does_not_exist() -> None:
+    cells = _table_first_cells(_section(_text("callback.md"), "## Options"))
+    documented = {name for cell in cells for name in re.findall(r"`([a-z_0-9]+)`", cell)}
+    assert documented <= set(_monitor_options()), documented - set(_monitor_options())
+
+
+@pytest.mark.parametrize("name", sorted(set(dave_lightning.__all__) | set(metrics.__all__)))
+def test_every_exported_name_is_backticked_in_its_page(name: str) -> None:
+    page = PAGES[name]  # KeyError: a new export needs a page here
+    assert _backticked(name, _text(page)), f"`{name}` is not in docs/{page}"
+
+
+def _cli_options() -> list[tuple[str, str]]:
     parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for command, subparser in subparsers.choices.items():
-        assert f"dave-lightning {command}" in text, command
-        for action in subparser._actions:
-            for option in action.option_strings:
-                if option.startswith("--") and option != "--help":
-                    assert option in text, f"{command} {option} is not in docs/cli.md"
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [
+        (command, option)
+        for command, subparser in subparsers.choices.items()
+        for action in subparser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+
+
+@pytest.mark.parametrize(("command", "option"), _cli_options())
+def test_every_cli_option_is_in_its_commands_section(command: str, option: str) -> None:
+    section = _section(_text("cli.md"), f"## `dave-lightning {command}`")
+    # `--option` or `--option ARG`, as a whole option name (not the prefix of a longer one)
+    assert re.search(rf"`{re.escape(option)}(?![\w-])", section), (
+        f"{command} {option} is not in the `dave-lightning {command}` section of docs/cli.md"
+    )
 
 
 def test_docs_link_to_existing_files() -> None:
@@ -47,3 +111,35 @@ def test_docs_link_to_existing_files() -> None:
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def _figure_blocks(text: str) -> list[tuple[str, str]]:
+    """(text before, fenced block) for every ``` block that is not code to copy."""
+    blocks = []
+    for match in re.finditer(r"```(\w*)\n(.*?)```", text, flags=re.S):
+        if match[1] in ("", "text"):
+            blocks.append((text[: match.start()], match[2]))
+    return blocks
+
+
+def test_every_benchmark_figure_names_its_script_and_command() -> None:
+    """Each block of figures in docs/benchmarks.md follows a line giving the command that
+    printed it, and that command is one `make bench` runs."""
+    text = _text("benchmarks.md")
+    makefile = (DOCS.parent / "Makefile").read_text()
+    blocks = _figure_blocks(text)
+    assert len(blocks) >= 5
+    for before, block in blocks:
+        commands = re.findall(r"`(python benchmarks/[\w.]+\.py[^`]*)`", before)
+        assert commands, f"no `python benchmarks/...` command before the block {block[:60]!r}"
+        command = commands[-1]
+        script = command.split()[1]
+        assert (DOCS.parent / script).is_file(), script
+        bench = next(line for line in makefile.splitlines() if script in line)
+        made = " ".join(bench.split()[1:])
+        options = command.split()[2:]
+        assert all(
+            option in made.replace("$(BENCH_RUN)", "runs/bench")
+            for option in options
+            if option.startswith("--") and "checkpoint" not in option
+        ), f"`make bench` runs {script} with other settings than the docs state: {made}"

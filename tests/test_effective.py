@@ -29,7 +29,10 @@ def test_forward_inside_effective_mode_equals_normal_forward(name: str) -> None:
     source = x.clone().requires_grad_()
     with effective_mode():
         actual = model(source)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    if name == "torchvision_vit":  # its no-grad forward takes MultiheadAttention's fast kernel
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(actual.detach(), expected)  # the same kernels, bit for bit
     assert actual.requires_grad
 
 

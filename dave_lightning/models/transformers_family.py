@@ -33,6 +33,9 @@ def _activation_rules() -> tuple[tuple[type, ...], dict[type, float]]:
     (class → the gate's value at 0)."""
     from transformers import activations as A
 
+    def classes(*names: str) -> tuple[type, ...]:  # the names differ across transformers versions
+        return tuple(getattr(A, name) for name in names if hasattr(A, name))
+
     covered = (
         nn.GELU,
         nn.SiLU,
@@ -42,16 +45,16 @@ def _activation_rules() -> tuple[tuple[type, ...], dict[type, float]]:
         nn.LeakyReLU,
         nn.PReLU,
         nn.Identity,
-        A.SiLUActivation,
-        A.LinearActivation,
+        *classes("SiLUActivation", "LinearActivation", "PytorchGELUTanh"),
     )
-    held = {
-        A.NewGELUActivation: 0.5,
-        A.FastGELUActivation: 0.5,
-        A.AccurateGELUActivation: 0.5,
-        A.QuickGELUActivation: 0.5,
-        nn.Tanh: 1.0,
-    }
+    held = dict.fromkeys(
+        classes(
+            "NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation",
+            "QuickGELUActivation",
+        ),
+        0.5,
+    )  # fmt: skip
+    held[nn.Tanh] = 1.0
     return covered, held
 
 
@@ -66,7 +69,7 @@ def _gate_limit(module: nn.Module) -> float | None:
     covered, held = _activation_rules()
     if isinstance(module, A.GELUActivation):
         return 0.0 if module.act is F.gelu else 0.5
-    if isinstance(module, A.GELUTanh):
+    if isinstance(module, getattr(A, "GELUTanh", ())):
         return 0.0 if isinstance(module.act, functools.partial) else 0.5
     if isinstance(module, A.MishActivation):
         return 0.0 if module.act is F.mish else None
