@@ -161,7 +161,7 @@ def main() -> None:
                 in_hooks += [monitor_seconds] if monitored else []
         defaults, stages = stage_costs(root)
     evaluations = args.epochs + 1
-    slow = len({*range(0, evaluations, defaults.slow_metrics_every), evaluations - 1})
+    slow = len({*range(0, evaluations, defaults.schedule.slow_metrics_every), evaluations - 1})
     print(
         f"demo setup: {DEFAULT.train_size} images of {DEFAULT.image_size} px, batch "
         f"{DEFAULT.batch_size}, {args.epochs} epochs ({evaluations} evaluations with the "

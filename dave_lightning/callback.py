@@ -10,8 +10,6 @@ evaluation only warns (unless ``on_error="raise"``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,19 +28,18 @@ from dave_lightning.evaluation import (
     ItemResults,
     ProbeEvaluator,
     Shard,
-    merge_shards,
 )
 from dave_lightning.metrics.registry import METRICS
 from dave_lightning.models import ModelAdapter
-from dave_lightning.models.adapter import ForwardFn
+from dave_lightning.models.adapter import ForwardFn, requested_normalization
 from dave_lightning.models.encoding import resolve_encoding
-from dave_lightning.models.transformers_family import processor_normalization
-from dave_lightning.probe import Probe, build_probe, val_dataloader
+from dave_lightning.probe import Probe, build_probe, check_probe_for_model, val_dataloader
+from dave_lightning.resume import STATE_VERSION, change_from, settings_id
+from dave_lightning.schedule import Schedule
+from dave_lightning.sharding import run_sharded
 from dave_lightning.sinks import ImageSink, sinks_for_loggers
 from dave_lightning.snapshot import list_snapshots, load_evaluation, save_snapshot
 from dave_lightning.validation import check_choice, check_int
-
-STATE_VERSION = 2
 
 
 class DAVEMonitor(pl.Callback):
@@ -93,13 +90,13 @@ class DAVEMonitor(pl.Callback):
         at_end: bool = True,
         n_samples: int = 8,
         noise_alpha: float | None = 0.5,
+        batch_size: int | None = None,
+        seed: int = 0,
         hflip_prob: float = 0.5,
         rotation: float = 20.0,
         translation: float = 0.1,
         scale: tuple[float, float] = (0.9, 1.1),
         aggregation: str = "mad",
-        batch_size: int | None = None,
-        seed: int = 0,
         target_reliability: float | None = None,
         max_samples: int | None = None,
         metrics: Sequence[str] | None = None,
@@ -126,49 +123,18 @@ class DAVEMonitor(pl.Callback):
                 f"got {type(probe).__name__}"
             )
         check_int("num_probe", num_probe, minimum=1)
-        if every_n_epochs is not None:
-            check_int("every_n_epochs", every_n_epochs, minimum=0)
-        if every_n_train_steps is not None:
-            check_int("every_n_train_steps", every_n_train_steps, minimum=1)
         check_int("max_images", max_images, minimum=0)
-        check_int("slow_metrics_every", slow_metrics_every, minimum=1)
         check_choice("on_error", on_error, ("warn", "raise"))
         if regions is not None and not isinstance(regions, Mapping):
             raise TypeError(
                 f"regions must map a name to (N, H, W) bool masks, got {type(regions).__name__}"
             )
-        for label, values in (("mean", mean), ("std", std)):
-            if values is not None and len(values) not in (1, 3):
-                raise ValueError(f"{label} must hold 1 or 3 values (per channel), got {values}")
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
-        if image_processor is not None:
-            if mean is not None:
-                raise ValueError("give mean/std or image_processor, not both")
-            normalization = processor_normalization(image_processor)
-            if normalization is None:
-                raise TypeError(
-                    "image_processor must have image_mean and image_std (a HuggingFace image "
-                    f"processor), got {type(image_processor).__name__}"
-                )
-            mean, std = normalization
+        mean, std = requested_normalization(mean, std, image_processor)
         if forward_fn is not None and not callable(forward_fn):
             raise TypeError("forward_fn must be callable as forward_fn(pl_module, images)")
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise ValueError(f"name must be a non-empty tag prefix without spaces, got {name!r}")
-        self.engine = DAVESettings(
-            n_samples=n_samples,
-            noise_alpha=noise_alpha,
-            hflip_prob=hflip_prob,
-            rotation=rotation,
-            translation=translation,
-            scale=scale,
-            aggregation=aggregation,
-            batch_size=batch_size,
-            seed=seed,
-            target_reliability=target_reliability,
-            max_samples=max_samples,
-        )
+        self.engine = DAVESettings.from_arguments(locals())
         self.options = EvaluationOptions(
             metrics=() if metrics is None else tuple(metrics),
             compare_methods=tuple(compare_methods),
@@ -177,12 +143,10 @@ class DAVEMonitor(pl.Callback):
             deletion_steps=deletion_steps,
             deletion_baseline=deletion_baseline,
         )
+        self.schedule = Schedule(
+            every_n_epochs, every_n_train_steps, at_start, at_end, slow_metrics_every
+        )
         self.num_probe = num_probe
-        self.every_n_epochs = every_n_epochs
-        self.every_n_train_steps = every_n_train_steps
-        self.at_start = at_start
-        self.at_end = at_end
-        self.slow_metrics_every = slow_metrics_every
         self.regions = regions
         self.log_images = log_images
         self.max_images = max_images
@@ -214,17 +178,15 @@ class DAVEMonitor(pl.Callback):
     def state_key(self) -> str:
         """Tells monitors apart in checkpoints: name, probe and what determines the numbers."""
         probe = f"val[{self.num_probe}]" if self.probe is None else self.probe.digest()[:16]
-        return self._generate_state_key(name=self.name, probe=probe, settings=self._settings_id())
+        return self._generate_state_key(
+            name=self.name, probe=probe, settings=settings_id(self._identity())
+        )
 
     def _identity(self) -> dict[str, Any]:
         """The settings that make two evaluations comparable (everything but the memory cap)."""
         engine = self.engine.to_dict()
         engine.pop("batch_size")
         return {"engine": engine, **self.options.to_dict()}
-
-    def _settings_id(self) -> str:
-        text = json.dumps(self._identity(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     # ----------------------------------------------------------------------------- setup
 
@@ -237,7 +199,7 @@ class DAVEMonitor(pl.Callback):
             self.probe = build_probe(val_dataloader(trainer), self.num_probe, self.regions)
         adapter = ModelAdapter(pl_module, forward_fn=self.forward_fn)
         encoding = resolve_encoding(self.input_encoding, adapter, self.probe.images)
-        self._check_model(adapter, self.probe)
+        check_probe_for_model(self.probe, adapter)
         engine = self.engine
         if engine.noise_alpha is None:
             engine = engine.with_noise_alpha(_reference_noise_alpha(adapter))
@@ -269,9 +231,9 @@ class DAVEMonitor(pl.Callback):
         settings.update(
             num_probe=len(self.probe),
             probe_sha256=self.probe.digest(),
-            every_n_epochs=self.every_n_epochs,
-            every_n_train_steps=self.every_n_train_steps,
-            slow_metrics_every=self.slow_metrics_every,
+            every_n_epochs=self.schedule.every_n_epochs,
+            every_n_train_steps=self.schedule.every_n_train_steps,
+            slow_metrics_every=self.schedule.slow_metrics_every,
         )
         return {
             f"{self.name}/{key}": ", ".join(map(str, value)) if isinstance(value, list) else value
@@ -286,29 +248,10 @@ class DAVEMonitor(pl.Callback):
                 "each its own name (e.g. DAVEMonitor(..., name='dave_hard'))"
             )
 
-    def _check_model(self, adapter: ModelAdapter, probe: Probe) -> None:
-        channels = adapter.input_channels
-        if channels is not None and probe.images.shape[1] != channels:
-            raise ValueError(
-                f"probe images have {probe.images.shape[1]} channels but the model expects "
-                f"{channels}; preprocess the probe like the training data"
-            )
-        try:
-            classes = adapter.num_classes(probe.images)
-        except ValueError as error:
-            raise ValueError(
-                f"the model cannot take the probe images ({error}); resize and normalise the "
-                "probe like the training data, or pass forward_fn"
-            ) from error
-        if int(probe.labels.max()) >= classes or int(probe.labels.min()) < 0:
-            raise ValueError(
-                f"probe labels span [{int(probe.labels.min())}, {int(probe.labels.max())}] but "
-                f"the model has {classes} classes; pass labels in [0, {classes - 1}]"
-            )
-
     def _warn_about_stale_monitors(self, trainer: pl.Trainer) -> None:
         """A checkpoint or early-stopping callback on a slow metric sees it only now and then."""
-        if self.slow_metrics_every == 1:
+        every = self.schedule.slow_metrics_every
+        if every == 1:
             return
         slow = {
             f"{self.name}/{key}"
@@ -320,7 +263,7 @@ class DAVEMonitor(pl.Callback):
             if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and watched in slow:
                 rank_zero_warn(
                     f"{type(callback).__name__} monitors {watched}, which DAVEMonitor computes "
-                    f"only at the first, every {self.slow_metrics_every}-th and the last "
+                    f"only at the first, every {every}-th and the last "
                     "evaluation; in between it sees the last computed value. Pass "
                     "slow_metrics_every=1 to compute it at every evaluation."
                 )
@@ -345,30 +288,25 @@ class DAVEMonitor(pl.Callback):
     # -------------------------------------------------------------------------- schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_start and not self.history:
+        if self.schedule.at_start and not self.history:
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        step = trainer.global_step
-        by_steps = (
-            self.every_n_train_steps is not None
-            and step > 0
-            and step % self.every_n_train_steps == 0
-        )
+        by_steps = self.schedule.step_due(trainer.global_step)
         epoch_ends = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
         # An epoch's evaluation runs after its last batch, before validation and epoch-end
         # hooks, so that checkpoint and early-stopping callbacks see its metrics.
-        if by_steps or (epoch_ends and self._epoch_due(trainer)):
+        if by_steps or (epoch_ends and self.schedule.epoch_due(trainer.current_epoch)):
             self._evaluate(trainer, pl_module, last=_fit_ends_now(trainer, epoch_ends))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._epoch_due(trainer):  # epochs cut short (max_steps) have no last batch
+        if self.schedule.epoch_due(trainer.current_epoch):  # cut short (max_steps): no last batch
             self._evaluate(trainer, pl_module, last=_fit_ends_now(trainer, epoch_ends=True))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.at_end:
+        if not self.schedule.at_end:
             return
         if trainer.global_step not in (self._last_step, self._attempted_step):
             self._evaluate(trainer, pl_module, last=True)
@@ -377,9 +315,6 @@ class DAVEMonitor(pl.Callback):
             self._guarded(trainer.global_step, self._run_evaluation, trainer, pl_module, True, True)
         if self._sinks and trainer.is_global_zero and self.history:
             self._guarded(trainer.global_step, self._log_progression, trainer.global_step)
-
-    def _epoch_due(self, trainer: pl.Trainer) -> bool:
-        return bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------------ evaluation
 
@@ -414,7 +349,7 @@ class DAVEMonitor(pl.Callback):
         ``complete``: the last evaluation ran without the slow metrics at this same step; add
         them to it instead of recording a new evaluation.
         """
-        slow = last or len(self.history) % self.slow_metrics_every == 0
+        slow = self.schedule.slow(len(self.history), last)
         references = {}
         if not complete and self._previous_maps is not None and "drift" in self.options.metrics:
             references = {"previous": self._previous_maps, "first": self._first_maps}
@@ -455,47 +390,18 @@ class DAVEMonitor(pl.Callback):
         slow: bool,
         references: dict[str, torch.Tensor],
     ) -> Evaluation:
-        """This rank's share of the probe, evaluated and gathered from every rank.
-
-        Every rank learns whether any rank failed before results are exchanged, so a failure
-        on one rank skips the evaluation on all of them instead of leaving the others waiting.
-        """
-        shard = Shard(trainer.global_rank, trainer.world_size)
+        """This rank's share of the probe evaluated, and every rank's results averaged."""
         cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
-        error: Exception | None = None
-        results = ItemResults()
-        try:
+
+        def run(shard: Shard) -> ItemResults:
             with torch.random.fork_rng(devices=cuda):
-                results = self._evaluator.run(
+                return self._evaluator.run(
                     self._adapter, slow_metrics=slow, references=references, shard=shard
                 )
-        except Exception as raised:
-            error = raised
-        if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
-            raise error or RuntimeError("the evaluation failed on another rank")
-        if trainer.world_size > 1:
-            results = self._gather(trainer, results)
-        return self._evaluator.finish(results)
 
-    def _gather(self, trainer: pl.Trainer, results: ItemResults) -> ItemResults:
-        """Every rank's results, in rank order, on every rank (Lightning's ``all_gather``)."""
-        device = trainer.strategy.root_device
-
-        def gathered(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-            ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(trainer.world_size)]
-            for key, value in tensors.items():
-                stacked = trainer.strategy.all_gather(value.to(device)).cpu()
-                for rank in range(trainer.world_size):
-                    ranks[rank][key] = stacked[rank]
-            return ranks
-
-        items, grids = gathered(results.items), gathered(results.grid_items)
-        parts = [
-            ItemResults(items[rank], grids[rank], results.fractions)
-            for rank in range(trainer.world_size)
-        ]
         grid = self._evaluator.grid
-        return merge_shards(parts, len(self.probe), 0 if grid is None else len(grid.targets))
+        grid_size = 0 if grid is None else len(grid.targets)
+        return self._evaluator.finish(run_sharded(trainer, run, len(self.probe), grid_size))
 
     def _completed(self, evaluation: Evaluation) -> Evaluation:
         """``evaluation``'s slow results added to the last recorded evaluation's."""
@@ -562,7 +468,9 @@ class DAVEMonitor(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the checkpointed history, unless the probe differs (then start afresh)."""
-        change = self._change_from(state_dict)
+        shape = None if self.probe is None else (len(self.probe), 1, *self.probe.images.shape[-2:])
+        digest = None if self.probe is None else self.probe.digest()
+        change = change_from(state_dict, digest, shape, self._identity())
         if change:
             rank_zero_warn(
                 f"DAVEMonitor {self.name!r}: {change}; its history and drift baseline start "
@@ -589,41 +497,6 @@ class DAVEMonitor(pl.Callback):
             if key not in claimed and state.get("name", "dave") == self.name:
                 self.load_state_dict(state)
                 return
-
-    def _change_from(self, state: Mapping[str, Any]) -> str | None:
-        """What makes a checkpointed state not this monitor's continuation, or None."""
-        if "version" not in state:  # the first version stored no probe: check the maps' shape
-            maps = state.get("first_maps")
-            if maps is None or self.probe is None:
-                return None
-            expected = (len(self.probe), 1, *self.probe.images.shape[-2:])
-            if tuple(maps.shape) != expected:
-                return (
-                    f"the checkpoint's maps have shape {tuple(maps.shape)} but this probe gives "
-                    f"{expected}, so the probe changed"
-                )
-            return None
-        digest = None if self.probe is None else self.probe.digest()
-        if digest is not None and state.get("probe_sha256") not in (None, digest):
-            return (
-                f"the probe differs from the checkpoint's (probe_sha256 "
-                f"{state['probe_sha256'][:12]}… → {digest[:12]}…)"
-            )
-        changed = _differences(state.get("settings") or {}, self._identity())
-        if changed:
-            return f"the settings differ from the checkpoint's ({changed})"
-        return None
-
-
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """``key: old → new`` for every setting that changed (engine settings flattened)."""
-    flat_old = {**old, **old.get("engine", {})}
-    flat_new = {**new, **new.get("engine", {})}
-    return ", ".join(
-        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
-        for key in flat_new
-        if key != "engine" and flat_old.get(key) != flat_new.get(key)
-    )
 
 
 def _reference_noise_alpha(adapter: ModelAdapter) -> float:

@@ -22,16 +22,9 @@ import torch
 from timm.models import clean_state_dict
 from torch import nn
 
-from dave_lightning.errors import UsageError
+from dave_lightning.errors import UsageError, describe, first_line
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
-_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, for one-line error reports."""
-    text = _TERMINAL_CODES.sub("", str(error)).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def import_class(spec: str) -> type[pl.LightningModule]:
@@ -47,7 +40,7 @@ def import_class(spec: str) -> type[pl.LightningModule]:
         module = importlib.import_module(module_name)
     except Exception as error:  # any failure of the user's import is a problem with the input
         raise UsageError(
-            f"cannot import {module_name!r} ({type(error).__name__}: {first_line(error)}); "
+            f"cannot import {module_name!r} ({describe(error)}); "
             "check the name and that its package is installed or on PYTHONPATH"
         ) from error
     cls = getattr(module, class_name, None)
@@ -75,7 +68,7 @@ def _refused(path: Path, kind: str, error: BaseException) -> UsageError:
 
 def _unreadable(path: Path, kind: str, error: BaseException) -> UsageError:
     return UsageError(
-        f"{path}: not a readable {kind} ({type(error).__name__}: {first_line(error)[:120]}); "
+        f"{path}: not a readable {kind} ({describe(error)}); "
         "it may be corrupt, truncated or not written by torch.save"
     )
 
@@ -116,11 +109,8 @@ def load_lightning_module(
             "class (and settings) that wrote it"
         ) from error
     except Exception as error:  # the user's constructor can fail in any way
-        raise UsageError(
-            f"{path}: cannot build {cls.__name__} from the checkpoint "
-            f"({type(error).__name__}: {first_line(error)}); pass the `module` class that wrote "
-            "this checkpoint"
-        ) from error
+        problem = f"{path}: cannot build {cls.__name__} from the checkpoint ({describe(error)})"
+        raise UsageError(f"{problem}; pass the `module` class that wrote it") from error
     info = {key: checkpoint.get(key) for key in ("epoch", "global_step")}
     return module.eval(), info
 
@@ -149,7 +139,7 @@ def load_hf_model(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except Exception as error:  # a broken directory fails in many ways
         raise UsageError(
             f"{directory}: not a loadable HuggingFace image classifier "
-            f"({type(error).__name__}: {first_line(error)}); pass a directory written by "
+            f"({describe(error)}); pass a directory written by "
             "save_pretrained"
         ) from error
     state = directory / "trainer_state.json"
@@ -204,8 +194,8 @@ def load_timm_model(
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as error:  # no network, no weights for the name, a bad cache
         raise UsageError(
-            f"cannot download timm's weights for {name} ({type(error).__name__}: "
-            f"{first_line(error)[:120]}); without internet, save the weights with "
+            f"cannot download timm's weights for {name} ({describe(error)}); without "
+            "internet, save the weights with "
             "torch.save(model.state_dict(), path) where you have it and pass `weights`"
         ) from error
     if state is not None:

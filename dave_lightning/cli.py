@@ -13,7 +13,7 @@ import argparse
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import torch
@@ -24,6 +24,7 @@ from dave_lightning.metrics.registry import metric_names
 
 PROG = "dave-lightning"
 
+COMPARE_SUMMARY = "compare attributions across monitor snapshots, checkpoints or HF directories"
 COMPARE_DESCRIPTION = """\
 Compare DAVE maps and metrics across evaluations: the snapshots of DAVEMonitor runs, or
 Lightning checkpoints evaluated on one probe."""
@@ -46,6 +47,7 @@ report files (in --out):
                        mean drift between every pair of evaluations (1 = same map)
 """
 
+EXPLAIN_SUMMARY = "DAVE maps of image files: a timm model, a Lightning checkpoint, an HF directory"
 EXPLAIN_DESCRIPTION = """\
 Explain image files with DAVE: labelled PNG panels and the maps as tensors. Images go through
 timm's eval transform from the model's data config (resize, centre crop, normalise) when the
@@ -132,6 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(
+    commands: argparse._SubParsersAction, name: str, summary: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose help keeps the line breaks of its description and epilog."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default: str, quiet: str) -> None:
+    """``--out DIR`` (with its default) and ``--quiet``."""
+    parser.add_argument(
+        "--out", default=default, metavar="DIR", help="output directory (default: %(default)s)"
+    )
+    parser.add_argument("--quiet", action="store_true", help=quiet)
+
+
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
@@ -143,9 +166,6 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "--epochs", type=_positive_int, metavar="N", help="training epochs (demo's default)"
     )
     demo.add_argument(
-        "--out", default="runs/demo", metavar="DIR", help="output directory (default: %(default)s)"
-    )
-    demo.add_argument(
         "--seed", type=_natural_int, default=0, metavar="N", help="random seed (default: 0)"
     )
     demo.add_argument("--fast", action="store_true", help="smaller, quicker run (a smoke test)")
@@ -154,18 +174,12 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="plant a class-coloured corner marker that the model can learn instead of the shape",
     )
-    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_output_options(demo, "runs/demo", "no progress output")
     demo.set_defaults(handler=run_demo_command)
 
 
 def _add_explain(commands: argparse._SubParsersAction) -> None:
-    explain = commands.add_parser(
-        "explain",
-        help="DAVE maps of image files for a timm model or a Lightning checkpoint",
-        description=EXPLAIN_DESCRIPTION,
-        epilog=EXPLAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    explain = _command(commands, "explain", EXPLAIN_SUMMARY, EXPLAIN_DESCRIPTION, EXPLAIN_EPILOG)
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
     model = explain.add_argument_group("model (one of --timm-model or --checkpoint)")
     choice = model.add_mutually_exclusive_group(required=True)
@@ -195,26 +209,11 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         metavar="N|pred",
         help="class to explain: an index, or 'pred' for each image's prediction (default)",
     )
-    explain.add_argument(
-        "--out",
-        default="dave_explain",
-        metavar="DIR",
-        help="output directory (default: %(default)s)",
-    )
-    _add_preprocessing_options(explain)
-    _add_engine_options(explain)
-    explain.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    explain.set_defaults(handler=run_explain_command)
+    _add_model_run_options(explain, explain, "dave_explain", run_explain_command)
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    compare = commands.add_parser(
-        "compare",
-        help="compare attributions across monitor snapshots or Lightning checkpoints",
-        description=COMPARE_DESCRIPTION,
-        epilog=COMPARE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    compare = _command(commands, "compare", COMPARE_SUMMARY, COMPARE_DESCRIPTION, COMPARE_EPILOG)
     compare.add_argument(
         "paths",
         nargs="*",
@@ -227,12 +226,6 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         type=_natural_int,
         metavar="STEP",
         help="compare only the snapshots at these global steps (default: all)",
-    )
-    compare.add_argument(
-        "--out",
-        default="dave_compare",
-        metavar="DIR",
-        help="report directory (default: %(default)s)",
     )
     compare.add_argument("--tensorboard", metavar="DIR", help="also write a TensorBoard run to DIR")
     checkpoints = compare.add_argument_group("checkpoint mode")
@@ -285,10 +278,21 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         default="label",
         help="class to explain: the probe label (default) or the model's prediction",
     )
-    _add_preprocessing_options(checkpoints)
-    _add_engine_options(compare)
-    compare.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    compare.set_defaults(handler=run_compare_command)
+    _add_model_run_options(compare, checkpoints, "dave_compare", run_compare_command)
+
+
+def _add_model_run_options(
+    parser: argparse.ArgumentParser,
+    preprocessing: argparse._ActionsContainer,
+    out: str,
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    """What every command that runs a model takes: preprocessing (in the ``preprocessing``
+    group), the engine's settings, ``--out`` and ``--quiet``; and its handler."""
+    _add_preprocessing_options(preprocessing)
+    _add_engine_options(parser)
+    _add_output_options(parser, out, "no progress bars or summary")
+    parser.set_defaults(handler=handler)
 
 
 def _add_module_options(group: argparse._ActionsContainer) -> None:
@@ -313,20 +317,14 @@ def _add_preprocessing_options(group: argparse._ActionsContainer) -> None:
         metavar="N",
         help="model input size (default: read off the model's patch embedding)",
     )
-    group.add_argument(
-        "--mean",
-        nargs=3,
-        type=float,
-        metavar=("R", "G", "B"),
-        help="normalisation mean (default: the timm data config, else ImageNet's)",
-    )
-    group.add_argument(
-        "--std",
-        nargs=3,
-        type=float,
-        metavar=("R", "G", "B"),
-        help="normalisation std (default: the timm data config, else ImageNet's)",
-    )
+    for name in ("mean", "std"):
+        group.add_argument(
+            f"--{name}",
+            nargs=3,
+            type=float,
+            metavar=("R", "G", "B"),
+            help=f"normalisation {name} (default: the model's own, else ImageNet's)",
+        )
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -401,14 +399,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """``dave-lightning demo``: the offline demo (imported only when it runs)."""
     from dave_lightning.demo import run_demo
 
-    return run_demo(
-        epochs=args.epochs,
-        out=args.out,
-        seed=args.seed,
-        fast=args.fast,
-        shortcut=args.shortcut,
-        quiet=args.quiet,
-    )
+    options = ("epochs", "out", "seed", "fast", "shortcut", "quiet")
+    return run_demo(**{name: getattr(args, name) for name in options})
 
 
 RANDOM_WEIGHTS = "random weights: the map shows the method, not a trained model"
@@ -517,12 +509,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
 def _engine(args: argparse.Namespace) -> DAVESettings:
     """DAVE's settings from the engine options."""
     try:
-        return DAVESettings(
-            n_samples=args.n_samples,
-            noise_alpha=args.noise_alpha,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        return DAVESettings.from_arguments(vars(args))
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from error
 

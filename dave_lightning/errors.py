@@ -1,4 +1,9 @@
-"""The one exception type for mistakes in what a user passed (paths, files, options)."""
+"""The one exception type for mistakes in what a user passed (paths, files, options), and the
+one-line description of a caught exception that such messages quote."""
+
+import re
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class UsageError(ValueError):
@@ -8,3 +13,14 @@ class UsageError(ValueError):
     prints them with the matching command-line flag instead (``--image-size``), as
     ``dave-lightning: error: <message>``, and exits with 2, never with a traceback.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (terminal colour codes removed)."""
+    text = _TERMINAL_CODES.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def describe(error: BaseException, limit: int = 120) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters of it."""
+    return f"{type(error).__name__}: {first_line(error)[:limit]}"

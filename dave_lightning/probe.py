@@ -16,6 +16,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from dave_lightning.models import ModelAdapter
+from dave_lightning.validation import check_images
+
 ProbeSource = tuple | Dataset | DataLoader
 
 
@@ -89,6 +92,28 @@ def check_probe(probe: Probe) -> None:
             raise TypeError(f"probe {name} must be boolean, got {masks.dtype}; use masks > 0.5")
 
 
+def check_probe_for_model(probe: Probe, model: ModelAdapter) -> None:
+    """The checks that need the model: channels, a forward of one probe image, label range."""
+    channels = model.input_channels
+    if channels is not None and probe.images.shape[1] != channels:
+        raise ValueError(
+            f"probe images have {probe.images.shape[1]} channels but the model expects "
+            f"{channels}; preprocess the probe like the training data"
+        )
+    try:
+        classes = model.num_classes(probe.images)
+    except ValueError as error:
+        raise ValueError(
+            f"the model cannot take the probe images ({error}); resize and normalise the "
+            "probe like the training data, or pass forward_fn"
+        ) from error
+    if int(probe.labels.max()) >= classes or int(probe.labels.min()) < 0:
+        raise ValueError(
+            f"probe labels span [{int(probe.labels.min())}, {int(probe.labels.max())}] but "
+            f"the model has {classes} classes; pass labels in [0, {classes - 1}]"
+        )
+
+
 def _collect(source: Dataset | DataLoader, num_probe: int) -> tuple[Any, Any, Any]:
     """The first ``num_probe`` items of a dataset (index order) or a loader (iteration order)."""
     dataset = source.dataset if isinstance(source, DataLoader) else source
@@ -148,15 +173,7 @@ def _unbatch(batch: Any) -> list[Any]:
 
 def _as_images(images: Any) -> torch.Tensor:
     images = torch.as_tensor(images)
-    if images.dim() != 4:
-        raise ValueError(
-            f"probe images must be (N, C, H, W), got shape {tuple(images.shape)}; "
-            "stack single images with torch.stack"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"probe images must be float tensors normalised for the model, got {images.dtype}"
-        )
+    check_images("probe images", images, "stack single images with torch.stack")
     return images.detach().to("cpu", torch.float32).clone()
 
 

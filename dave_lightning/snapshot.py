@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dave_lightning.errors import first_line
 from dave_lightning.evaluation import FORMAT, Evaluation
 
 REQUIRED = ("maps", "targets", "predictions", "metrics", "epoch", "global_step", "settings")
@@ -46,9 +47,8 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # foreign bytes fail in many ways (KeyError, IndexError, ...)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
         raise SnapshotError(
-            f"{path}: not a readable snapshot ({first_line}); it may be corrupt or truncated"
+            f"{path}: not a readable snapshot ({first_line(error)}); it may be corrupt or truncated"
         ) from error
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise SnapshotError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
     """``value`` must be an int (not a bool) and at least ``minimum``."""
@@ -25,3 +27,18 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     """``value`` must be one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_images(name: str, images: object, single_image_fix: str) -> None:
+    """``images`` must be a floating-point (B, C, H, W) tensor; ``single_image_fix`` says how
+    to turn a 3-D one into a batch."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(
+            f"{name} must be 4-D (B, C, H, W), got shape {tuple(images.shape)}; {single_image_fix}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor normalised for the model, got {images.dtype}"
+        )

@@ -354,3 +354,34 @@ def test_no_warnings_from_a_plain_fit(tmp_path: Path) -> None:
         fit(tmp_path, [monitor], epochs=1)
     ours = [w for w in caught if "DAVEMonitor" in str(w.message) or "dave_lightning" in w.filename]
     assert ours == []
+
+
+def test_metrics_gini_alone_logs_no_drift_and_reliability_every_time(tmp_path: Path) -> None:
+    monitor = DAVEMonitor(random_data(4), metrics=("gini",), **FAST)
+    trainer, _ = fit(tmp_path, [monitor])
+    scalars = events(trainer.log_dir).Tags()["scalars"]
+    assert not [tag for tag in scalars if "drift" in tag]
+    steps = [e.step for e in events(trainer.log_dir).Scalars("dave/map_reliability")]
+    assert steps == [h["global_step"] for h in monitor.history] == [0, 3, 6]
+    record = load_snapshot(list_snapshots(monitor.snapshot_dir)[-1])
+    assert record["reliability"].shape == (4,)
+    assert record["metrics"]["map_reliability"] == pytest.approx(
+        float(record["reliability"].nanmean())
+    )
+
+
+def test_tensorboard_gets_a_chart_layout_and_the_settings_as_hparams(tmp_path: Path) -> None:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    monitor = DAVEMonitor(random_data(4), metrics=("gini", "energy_pg"), **FAST)
+    trainer, _ = fit(tmp_path, [monitor])
+    accumulator = events(trainer.log_dir)
+    (config,) = accumulator.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(config.tensor_proto.string_val[0])
+    (category,) = layout.category
+    charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
+    assert charts["energy_pg"] == ["dave/energy_pg", "dave/input_x_gradient/energy_pg"]
+    assert charts["map_reliability"] == ["dave/map_reliability"]
+    hparams = (Path(trainer.log_dir) / "hparams.yaml").read_text()
+    assert "dave/n_samples: 2" in hparams and "dave/metrics: gini, energy_pg" in hparams

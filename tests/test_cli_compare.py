@@ -312,3 +312,16 @@ def test_bad_input(
     args = command.format(**bad).split()
     code, stderr = call_cli(capsys, *args, "--quiet", "--out", bad["root"] / "out")
     assert_usage_error(code, stderr, message)
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dave_lightning.compare import compare_snapshots
+    from dave_lightning.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"`steps` can pick from \[0, 1, 2\]") as caught:
+        compare_snapshots([runs / "version_0"], steps=[7])
+    assert "--" not in str(caught.value)
+    code, stderr = call_cli(capsys, "compare", runs / "version_0", "--steps", "7", "--quiet")
+    assert_usage_error(code, stderr, "--steps can pick from [0, 1, 2]")

@@ -123,23 +123,25 @@ def _figure_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def test_every_benchmark_figure_names_its_script_and_command() -> None:
-    """Each block of figures in docs/benchmarks.md follows a line giving the command that
-    printed it, and that command is one `make bench` runs."""
+    """Each block of figures in docs/benchmarks.md follows the command that printed it, and
+    `make bench` runs that command with the settings the text states."""
     text = _text("benchmarks.md")
     makefile = (DOCS.parent / "Makefile").read_text()
+    bench = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0].splitlines()
     blocks = _figure_blocks(text)
-    assert len(blocks) >= 5
+    assert len(blocks) >= 7
     for before, block in blocks:
-        commands = re.findall(r"`(python benchmarks/[\w.]+\.py[^`]*)`", before)
-        assert commands, f"no `python benchmarks/...` command before the block {block[:60]!r}"
-        command = commands[-1]
-        script = command.split()[1]
-        assert (DOCS.parent / script).is_file(), script
-        bench = next(line for line in makefile.splitlines() if script in line)
-        made = " ".join(bench.split()[1:])
-        options = command.split()[2:]
-        assert all(
-            option in made.replace("$(BENCH_RUN)", "runs/bench")
-            for option in options
-            if option.startswith("--") and "checkpoint" not in option
-        ), f"`make bench` runs {script} with other settings than the docs state: {made}"
+        commands = re.findall(
+            r"`((?:python )?benchmarks/[\w.]+\.py[^`]*|dave-lightning demo[^`]*)`", before
+        )
+        assert commands, f"no command before the block {block[:60]!r}"
+        words = commands[-1].removeprefix("python ").split()
+        script = words[0] if words[0].startswith("benchmarks/") else "dave-lightning demo"
+        if script.startswith("benchmarks/"):
+            assert (DOCS.parent / script).is_file(), script
+        args = [w for i, w in enumerate(words[1:]) if "--checkpoint" not in words[i : i + 2]]
+        line = next((line for line in bench if script in line), None)
+        assert line is not None, f"`make bench` does not run {script}"
+        assert " ".join(arg for arg in args if arg != "demo") in line, (
+            f"`make bench` runs {script} with other settings than the docs state: {line}"
+        )

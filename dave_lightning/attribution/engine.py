@@ -36,6 +36,18 @@ Maps = torch.Tensor | dict[str, torch.Tensor]
 
 
 @dataclass
+class _Call:
+    """One ``attribute`` call: the source images and targets on the model's device, the items
+    per pass, the input encoding, and the index of the first image in the larger set."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    batch_size: int
+    encoding: InputEncoding
+    first_index: int
+
+
+@dataclass
 class _Items:
     """A block of (image, sample) items: local image index, sample id and noise level each."""
 
@@ -89,20 +101,7 @@ class DAVE:
         max_samples: int | None = None,
         input_encoding: str | None = None,
     ) -> None:
-        settings = DAVESettings(
-            n_samples=n_samples,
-            noise_alpha=noise_alpha,
-            hflip_prob=hflip_prob,
-            rotation=rotation,
-            translation=translation,
-            scale=scale,
-            aggregation=aggregation,
-            postprocess=postprocess,
-            batch_size=batch_size,
-            seed=seed,
-            target_reliability=target_reliability,
-            max_samples=max_samples,
-        )
+        settings = DAVESettings.from_arguments(locals())
         self._init(model, settings, input_encoding)
 
     @classmethod
@@ -178,14 +177,12 @@ class DAVE:
         with self.adapter.attribution():
             device = self.adapter.device
             source = images.to(device, torch.float32).clone()
-            target = target.to(device)
             batch_size = self.settings.batch_size or auto_batch_size(source)
-            sampled = self._sampled(source, target, batch_size, encoding, first_index, True)
+            call = _Call(source, target.to(device), batch_size, encoding, first_index)
+            sampled = self._sampled(call, noisy=True)
             contributions = {"dave": sampled[0]}
             if return_components:
-                contributions.update(
-                    self._components(source, target, batch_size, encoding, first_index)
-                )
+                contributions.update(self._components(call))
                 if "input_x_equivariant" not in contributions:
                     contributions["input_x_equivariant"] = contributions["dave"]
             finish = postprocess_maps if self.settings.postprocess else channel_sum
@@ -197,50 +194,32 @@ class DAVE:
 
     __call__ = attribute
 
-    def _components(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        batch_size: int,
-        encoding: InputEncoding,
-        first_index: int,
-    ) -> dict[str, torch.Tensor]:
+    def _components(self, call: _Call) -> dict[str, torch.Tensor]:
         """Contributions of the progressive view's other stages."""
         parts = {
-            "input_x_gradient": gradient_contributions(
-                self.adapter, source, target, batch_size, effective=False
-            ),
-            "input_x_effective": gradient_contributions(
-                self.adapter, source, target, batch_size, effective=True
-            ),
+            name: gradient_contributions(
+                self.adapter, call.source, call.target, call.batch_size, effective=effective
+            )
+            for name, effective in (("input_x_gradient", False), ("input_x_effective", True))
         }
         if self.settings.noise_alpha != 0:
-            parts["input_x_equivariant"] = self._sampled(
-                source, target, batch_size, encoding, first_index, False, adaptive=False
-            )[0]
+            parts["input_x_equivariant"] = self._sampled(call, noisy=False, adaptive=False)[0]
         return parts
 
     def _sampled(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        batch_size: int,
-        encoding: InputEncoding,
-        first_index: int,
-        noisy: bool,
-        *,
-        adaptive: bool = True,
+        self, call: _Call, *, noisy: bool, adaptive: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Robust) means over samples of effective gradient × input: all, and both halves."""
         settings = self.settings
+        count = len(call.source)
         accumulators = [
-            SampleAccumulator(robust=settings.aggregation == "mad") for _ in range(len(source))
+            SampleAccumulator(robust=settings.aggregation == "mad") for _ in range(count)
         ]
-        active = torch.arange(len(source), device=source.device)
+        active = torch.arange(count, device=call.source.device)
         drawn = settings.n_samples
-        items = self._first_round(len(source), first_index, source.device)
+        items = self._first_round(count, call.first_index, call.source.device)
         for round_ in range(1, 64):
-            self._run(source, target, items, batch_size, encoding, first_index, noisy, accumulators)
+            self._run(call, items, noisy, accumulators)
             means = _stack_means(accumulators)
             if not adaptive or settings.target_reliability is None:
                 return means
@@ -248,7 +227,7 @@ class DAVE:
             active = active[~(reliability >= settings.target_reliability)]
             if len(active) == 0 or drawn >= settings.max_samples:
                 return means
-            items, drawn = self._next_round(active, drawn, round_, first_index)
+            items, drawn = self._next_round(active, drawn, round_, call.first_index)
         raise RuntimeError("adaptive sampling did not finish")  # unreachable: drawn doubles
 
     def _first_round(self, n_images: int, first_index: int, device: torch.device) -> _Items:
@@ -294,28 +273,21 @@ class DAVE:
         )
 
     def _run(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        items: _Items,
-        batch_size: int,
-        encoding: InputEncoding,
-        first_index: int,
-        noisy: bool,
-        accumulators: list[SampleAccumulator],
+        self, call: _Call, items: _Items, noisy: bool, accumulators: list[SampleAccumulator]
     ) -> None:
         """Effective gradient × input of every item, added to its image's accumulator."""
-        for chunk in chunks(len(items.image), batch_size):
+        for chunk in chunks(len(items.image), call.batch_size):
             image_idx, sample_idx = items.image[chunk], items.sample[chunk]
-            inputs = source[image_idx].requires_grad_()
+            inputs = call.source[image_idx].requires_grad_()
             keep = noise = None
             if noisy:
                 keep = (1.0 - items.level[chunk]).view(-1, 1, 1, 1)
-                noise = self._noise(first_index + image_idx, sample_idx, encoding, source.shape[1:])
+                channels = call.encoding.noise_channels(call.source.shape[1])
+                noise = self._noise(call.first_index + image_idx, sample_idx, channels, inputs)
             params = items.params.index(_cpu_range(chunk))
-            model_input = encoding.perturb(inputs, params, keep, noise)
+            model_input = call.encoding.perturb(inputs, params, keep, noise)
             grad = target_gradient(
-                self.adapter, inputs, model_input, target[image_idx], effective=True
+                self.adapter, inputs, model_input, call.target[image_idx], effective=True
             )
             contribution = grad * inputs.detach()
             halves = sample_idx % 2
@@ -324,16 +296,12 @@ class DAVE:
                 accumulators[image].add(contribution[rows], halves[rows])
 
     def _noise(
-        self,
-        image_idx: torch.Tensor,
-        sample_idx: torch.Tensor,
-        encoding: InputEncoding,
-        shape: torch.Size,
+        self, image_idx: torch.Tensor, sample_idx: torch.Tensor, channels: int, like: torch.Tensor
     ) -> torch.Tensor:
-        """Standard normal noise per item from a generator seeded by (seed, image, sample)."""
+        """Standard normal noise per item (``channels`` channels, the size of ``like``) from a
+        generator seeded by (seed, image, sample)."""
         device = image_idx.device
-        noise_shape = (encoding.noise_channels(shape[0]), *shape[1:])
-        noise = torch.empty(len(image_idx), *noise_shape, device=device)
+        noise = torch.empty(len(image_idx), channels, *like.shape[-2:], device=device)
         for row, (image, sample) in enumerate(
             zip(image_idx.tolist(), sample_idx.tolist(), strict=True)
         ):

@@ -13,6 +13,7 @@ import torch
 from dave_lightning.attribution.effective import effective_mode
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import ENCODINGS
+from dave_lightning.validation import check_images
 
 # Items per pass when batch_size is None (docs/method.md, "The engine"). On a CPU: as many as 8
 # images of 224 × 224 pixels, where benchmarks/bench_engine.py finds plain forward + backward
@@ -38,17 +39,7 @@ def check_inputs(
     model: ModelAdapter, images: torch.Tensor, target: torch.Tensor | int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate images and targets before any work; returns target as a (B,) long tensor."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(
-            f"images must be 4-D (B, C, H, W), got shape {tuple(images.shape)}; "
-            "add a batch dimension with images.unsqueeze(0) for a single image"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a floating-point tensor normalised for the model, got {images.dtype}"
-        )
+    check_images("images", images, "add a batch dimension with images.unsqueeze(0)")
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch; pass at least one image")
     channels = model.input_channels

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dave_lightning.validation import check_choice, check_int, check_number
@@ -72,6 +73,12 @@ class DAVESettings:
         check_int("max_samples", self.max_samples, minimum=max(2, self.n_samples))
         if self.n_samples < 2:
             raise ValueError("adaptive sampling needs n_samples >= 2 to measure reliability")
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> DAVESettings:
+        """The settings among ``arguments`` (a signature that repeats them: ``locals()``);
+        those missing keep their defaults."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
 
     def with_noise_alpha(self, noise_alpha: float) -> DAVESettings:
         """These settings with ``noise_alpha`` filled in."""

@@ -8,14 +8,23 @@ from dave_lightning.metrics._checks import as_maps, finite_rows
 
 
 def patch_artifact_score(maps: torch.Tensor, patch_size: int | tuple[int, int]) -> torch.Tensor:
-    """(B,) share of each map's spectral energy (DC removed) at the patch-grid frequencies.
+    """Share of each map's spectral energy (DC removed) at the patch-grid frequencies.
 
     The patch-grid frequencies are the 2-D DFT bins (u, v) with u a multiple of H/ph and v a
     multiple of W/pw: the fundamentals and harmonics of a pattern that repeats every patch.
     By Parseval this is the share of the map's variance explained by tiling its average patch:
     ≈1 for a pure periodic patch pattern, ≈0 for a smooth blob, about ph·pw/(H·W) for white
     noise. (Whole grid lines u = 0 or v = 0 are not counted: any smooth map has energy there.)
-    NaN for a constant or non-finite map.
+
+    Args:
+        maps: (B, 1, H, W) or (B, H, W) attribution maps at the model's input resolution.
+        patch_size: the token grid's stride in pixels, an int or (height, width).
+
+    Returns:
+        (B,) values in [0, 1] (lower is better); NaN for a constant or non-finite map.
+
+    Raises:
+        ValueError: when the patch size does not divide the map size.
     """
     maps = as_maps(maps)
     patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size

@@ -17,8 +17,8 @@ from torchmetrics import Metric
 from dave_lightning.metrics.artifacts import patch_artifact_score
 from dave_lightning.metrics.drift import attribution_drift
 from dave_lightning.metrics.faithfulness import (
+    CURVE_DEFAULTS,
     ORDERS,
-    Baseline,
     Order,
     curve_auc,
     deletion_curve,
@@ -166,29 +166,17 @@ class _CurveAUC(_NanMean):
     best_order: Order
     curve: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-    def __init__(
-        self,
-        order: Order | None = None,
-        baseline: Baseline = "blur",
-        steps: int = 128,
-        max_fraction: float = 0.9,
-        batch_size: int = 64,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, order: Order | None = None, **kwargs: Any) -> None:
+        """``order`` and the curve's settings (``baseline``, ``steps``, ``max_fraction``,
+        ``batch_size``, ``seed``, as in :func:`deletion_curve`); other keyword arguments go to
+        torchmetrics' ``Metric``."""
+        curve = {key: kwargs.pop(key) for key in list(kwargs) if key in CURVE_DEFAULTS}
         super().__init__(**kwargs)
         order = self.best_order if order is None else order
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.order = order
-        self.options = {
-            "order": order,
-            "baseline": baseline,
-            "steps": steps,
-            "max_fraction": max_fraction,
-            "batch_size": batch_size,
-            "seed": seed,
-        }
+        self.options = {"order": order, **CURVE_DEFAULTS, **curve}
 
     @property
     def higher_is_better(self) -> bool | None:  # type: ignore[override]

@@ -13,11 +13,19 @@ from dave_lightning.metrics._checks import as_maps, finite_rows, same_shape
 def attribution_drift(
     maps_a: torch.Tensor, maps_b: torch.Tensor, *, top_fraction: float = 0.1
 ) -> dict[str, torch.Tensor]:
-    """Per-image similarity of two map batches: ``spearman``, ``cosine``, ``topk_iou``.
+    """Per-image similarity of two map batches of the same images.
 
-    Each is (B,), 1 for identical maps; Spearman and top-k IoU are also 1 under any strictly
-    increasing transformation of the values. NaN where undefined (constant or zero maps) or a
-    map is not finite.
+    Args:
+        maps_a, maps_b: (B, 1, H, W) or (B, H, W) maps.
+        top_fraction: the share of pixels in the top sets of ``topk_iou``.
+
+    Returns:
+        A dict of (B,) tensors, ``spearman``, ``cosine`` and ``topk_iou``, 1 for identical maps
+        (Spearman and top-k IoU also under any strictly increasing rescaling); NaN where
+        undefined (constant or zero maps) or a map is not finite.
+
+    Raises:
+        ValueError: for batches of different shapes.
     """
     maps_a, maps_b = as_maps(maps_a, "maps_a"), as_maps(maps_b, "maps_b")
     same_shape(maps_a, maps_b)

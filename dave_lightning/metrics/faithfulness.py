@@ -10,7 +10,7 @@ an image whose map is not finite gets a NaN curve.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torchvision.transforms.functional import gaussian_blur
@@ -121,64 +121,67 @@ def deletion_curve(
     batch_size: int = 64,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace pixels by the baseline in attribution order; return (fractions, probabilities).
+    """Replace pixels by the baseline in attribution order; the target's probability after each
+    step.
 
-    ``fractions`` is (steps,) on [0, max_fraction]; ``probabilities`` (B, steps) is the target's
-    softmax after each step. ``order``: ``lerf`` least relevant first (higher AUC is better),
-    ``morf`` most relevant first (lower is better), ``random`` a seeded control. ``model`` maps
-    images to logits and runs under ``torch.no_grad()`` in float32, at most ``batch_size``
-    perturbed images per call; put it in eval mode first.
+    Args:
+        model: images → logits, run under ``torch.no_grad()`` in float32 (put it in eval mode
+            first).
+        images: (B, C, H, W) inputs.
+        target: the class scored per image (an int or a (B,) tensor).
+        maps: (B, 1, H, W) or (B, H, W) attribution maps at the images' size.
+        order: ``lerf`` least relevant first (higher AUC is better), ``morf`` most relevant
+            first (lower is better), ``random`` a seeded control.
+        baseline: what replaces deleted pixels: ``blur`` (kernel 31, σ 7), ``zero``, ``mean``.
+        steps: points of the curve on [0, ``max_fraction``], 0 included.
+        max_fraction: the share of pixels deleted at the last point.
+        batch_size: perturbed images per model call.
+        seed: seed of the tie-breaking (and the random order's) permutation.
+
+    Returns:
+        ``fractions`` (steps,) and the target's softmax ``probabilities`` (B, steps); NaN rows
+        for images with non-finite maps.
+
+    Raises:
+        ValueError: for mismatched shapes, a bad order, baseline or step count, or targets out
+            of the model's range.
     """
-    return _perturbation_curve(
-        model,
-        images,
-        target,
-        maps,
-        insertion=False,
-        order=order,
-        baseline=baseline,
-        steps=steps,
-        max_fraction=max_fraction,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    return _perturbation_curve(insertion=False, **locals())  # every argument, as given
 
 
-def insertion_curve(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    target: torch.Tensor | int,
-    maps: torch.Tensor,
-    *,
-    order: Order = "morf",
-    baseline: Baseline = "blur",
-    steps: int = 128,
-    max_fraction: float = 0.9,
-    batch_size: int = 64,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+#: The curve settings besides the order, with their defaults (those of :func:`deletion_curve`).
+CURVE_DEFAULTS = {
+    "baseline": "blur",
+    "steps": 128,
+    "max_fraction": 0.9,
+    "batch_size": 64,
+    "seed": 0,
+}
+
+
+def insertion_curve(*args: Any, order: Order = "morf", **options: Any) -> tuple[torch.Tensor, ...]:
     """Start from the baseline and restore image pixels in attribution order (``morf``: most
-    relevant first, higher AUC is better); same conventions as :func:`deletion_curve`."""
-    return _perturbation_curve(
-        model,
-        images,
-        target,
-        maps,
-        insertion=True,
-        order=order,
-        baseline=baseline,
-        steps=steps,
-        max_fraction=max_fraction,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    relevant first, higher AUC is better). The arguments, besides ``order``, and the
+    conventions are those of :func:`deletion_curve`: ``(model, images, target, maps, *,
+    baseline, steps, max_fraction, batch_size, seed)``."""
+    return _perturbation_curve(*args, insertion=True, order=order, **(CURVE_DEFAULTS | options))
 
 
 def curve_auc(fractions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Trapezoid area under ``values`` (..., S) with the x-axis rescaled to [0, 1].
+    """Trapezoid area under a curve with the x-axis rescaled to [0, 1].
 
     Dividing by the fraction span makes curves with different ``max_fraction`` comparable: the
     result is the mean value over the curve, in the units of ``values``.
+
+    Args:
+        fractions: (S,) increasing x values, S >= 2.
+        values: (..., S) curves.
+
+    Returns:
+        (...,) areas.
+
+    Raises:
+        ValueError: for mismatched or decreasing x values.
     """
     if fractions.ndim != 1 or fractions.shape[0] < 2 or values.shape[-1] != fractions.shape[0]:
         raise ValueError(

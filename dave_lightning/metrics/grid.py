@@ -92,10 +92,26 @@ def make_grid_probe(
 ) -> GridProbe:
     """Compose k×k grids of images of distinct classes, each grid resized to ``size``.
 
-    ``size`` is the model's input size and defaults to the images' own (H, W); it must be a
-    multiple of ``k``. With ``model`` (images → logits), only correctly classified images are
-    used, most confident first; without it, images are used in the given order. Each image
-    appears at most once; grids are made until fewer than k·k classes remain or ``max_grids``.
+    Each image appears at most once; grids are made until fewer than k·k classes remain or
+    ``max_grids``.
+
+    Args:
+        images: (B, C, H, W) float images.
+        labels: (B,) their classes.
+        k: cells per side.
+        model: images → logits; with it, only correctly classified images are used, most
+            confident first; without it, images in the given order.
+        size: (H, W) of the grids, the model's input size (default: the images' own); a
+            multiple of ``k``.
+        max_grids: at most this many grids.
+        batch_size: images per model call when ranking.
+
+    Returns:
+        A :class:`GridProbe` (``items()`` gives what the grid pointing game scores).
+
+    Raises:
+        ValueError: for malformed inputs, a size not divisible by ``k``, or fewer than k·k
+            distinct classes.
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError("images must be a (B, C, H, W) tensor")

@@ -20,11 +20,18 @@ def _positive_share(positive: torch.Tensor, inside: torch.Tensor) -> torch.Tenso
 
 
 def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(B,) positive attribution inside the mask / total positive attribution.
+    """Positive attribution inside the mask / total positive attribution, per image.
 
-    NaN for an empty mask (never a hit), a map without positive attribution, or a non-finite map.
-    Maps (B, 1, H, W) or (B, H, W); masks bool of the same (B, H, W). For boxes use
-    :func:`boxes_to_masks`.
+    Args:
+        maps: (B, 1, H, W) or (B, H, W) attribution maps (float32 or float64).
+        masks: (B, H, W) bool object masks (for boxes use :func:`boxes_to_masks`).
+
+    Returns:
+        (B,) values in [0, 1]; NaN for an empty mask (never a hit), a map without positive
+        attribution, or a non-finite map.
+
+    Raises:
+        TypeError, ValueError: for non-tensor, non-bool or mismatched inputs.
     """
     maps = as_maps(maps)
     masks = as_masks(masks, maps)
@@ -37,12 +44,22 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 def boxes_to_masks(
     boxes: torch.Tensor, height: int, width: int, device: torch.device | None = None
 ) -> torch.Tensor:
-    """Rasterise (x0, y0, x1, y1) pixel boxes to (B, H, W) bool masks.
+    """Rasterise (x0, y0, x1, y1) pixel boxes to bool masks.
 
-    ``boxes`` is (B, 4) or (B, N, 4) (union of N boxes per image). Coordinates are continuous:
-    pixel (i, j) is inside when its centre (j + 0.5, i + 0.5) lies in [x0, x1) × [y0, y1), so
-    integer boxes cover columns x0..x1-1 and rows y0..y1-1. Empty boxes (x1 <= x0) add nothing,
-    which allows padding with zeros.
+    Coordinates are continuous: pixel (i, j) is inside when its centre (j + 0.5, i + 0.5) lies
+    in [x0, x1) × [y0, y1), so integer boxes cover columns x0..x1-1 and rows y0..y1-1. Empty
+    boxes (x1 <= x0) add nothing, which allows padding with zeros.
+
+    Args:
+        boxes: (B, 4) or (B, N, 4) boxes (the union of N boxes per image).
+        height, width: the masks' size.
+        device: the masks' device (default: the boxes').
+
+    Returns:
+        (B, H, W) bool masks.
+
+    Raises:
+        TypeError, ValueError: for a non-tensor or a wrongly shaped ``boxes``.
     """
     if not isinstance(boxes, torch.Tensor):
         raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
@@ -63,10 +80,19 @@ def boxes_to_masks(
 
 
 def grid_pointing_game(maps: torch.Tensor, k: int, target_cell: torch.Tensor | int) -> torch.Tensor:
-    """(B,) positive attribution in the target cell of a k×k grid / total positive attribution.
+    """Positive attribution in the target cell of a k×k grid / total positive attribution.
 
-    Cells are numbered row-major from 0 (cell r·k + c is row r, column c). NaN for a map without
-    positive attribution or a non-finite map. H and W must be multiples of ``k``.
+    Args:
+        maps: (B, 1, H, W) or (B, H, W) maps of grid images; H and W multiples of ``k``.
+        k: cells per side.
+        target_cell: the cell scored per map, row-major from 0 (cell r·k + c is row r, column
+            c): an int or a (B,) integer tensor.
+
+    Returns:
+        (B,) values in [0, 1]; NaN for a map without positive attribution or a non-finite map.
+
+    Raises:
+        ValueError: for a ``k`` that does not divide the maps or a cell out of range.
     """
     maps = as_maps(maps)
     batch, height, width = maps.shape

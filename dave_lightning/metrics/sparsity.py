@@ -8,10 +8,17 @@ from dave_lightning.metrics._checks import as_maps, finite_rows
 
 
 def gini(maps: torch.Tensor) -> torch.Tensor:
-    """(B,) Gini index of each map's positive part (negatives clipped to 0).
+    """Gini index of each map's positive part (negatives clipped to 0).
 
-    0 for a uniform map, (n − 1)/n when one of n pixels holds everything; NaN for a map without
-    positive attribution (no distribution to measure) or a non-finite map.
+    Args:
+        maps: (B, 1, H, W) or (B, H, W) attribution maps.
+
+    Returns:
+        (B,) values: 0 for a uniform map, (n − 1)/n when one of n pixels holds everything; NaN
+        for a map without positive attribution (no distribution to measure) or a non-finite map.
+
+    Raises:
+        TypeError, ValueError: for maps of another shape or dtype.
     """
     maps = as_maps(maps)
     values = maps.clamp(min=0).flatten(1).double().sort(1).values

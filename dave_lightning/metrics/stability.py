@@ -41,12 +41,26 @@ def stability(
 ) -> dict[str, torch.Tensor]:
     """Compare attr(T x) with T(attr(x)) per image: ``pearson``, ``spearman``, ``topk_iou``.
 
-    ``attribute_fn(images, target)`` returns (B, 1, H, W) maps. Each T in ``transforms`` warps
-    images and maps bilinearly; statistics use the pixels whose bilinear sample lies entirely
-    inside the frame (valid in both maps) and are averaged over the transforms, ignoring NaN.
-    Returns (B,) float tensors; one call to ``attribute_fn`` on the B·(1 + len(transforms))
-    images, or on the B·len(transforms) transformed ones when ``maps`` already holds
-    attr(images) (as a monitor that has just computed them does).
+    Each T in ``transforms`` warps images and maps bilinearly; statistics use the pixels whose
+    bilinear sample lies entirely inside the frame (valid in both maps) and are averaged over
+    the transforms, ignoring NaN.
+
+    Args:
+        attribute_fn: ``attribute_fn(images, target) -> (B, 1, H, W)`` maps; called once, on
+            the B·(1 + len(transforms)) images, or on the B·len(transforms) transformed ones
+            when ``maps`` already holds attr(images).
+        images: (B, C, H, W) inputs of the method.
+        target: the class explained per image (an int or a (B,) tensor).
+        transforms: (angle in degrees, (x shift, y shift) in fractions of the size) pairs.
+        top_fraction: the share of pixels in the top sets of ``topk_iou``.
+        maps: attr(images), when already computed.
+
+    Returns:
+        A dict of (B,) tensors: ``pearson``, ``spearman`` and ``topk_iou`` (higher is better).
+
+    Raises:
+        ValueError: for images that are not (B, C, H, W), no transforms, or maps of the wrong
+            shape from ``attribute_fn``.
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError("images must be a (B, C, H, W) tensor")

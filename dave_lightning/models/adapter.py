@@ -9,13 +9,14 @@ transformers, B-cos); anything else is read off the first convolution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
+from dave_lightning.errors import describe
 from dave_lightning.models.family import GenericFamily, ModelFamily, Normalization
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], Any]
@@ -71,6 +72,31 @@ def logits_of(output: Any) -> torch.Tensor:
     return logits
 
 
+def requested_normalization(
+    mean: Sequence[float] | None, std: Sequence[float] | None, image_processor: Any | None
+) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+    """The (mean, std) a user asked for: given, from a HuggingFace image processor, or neither.
+
+    Raises ValueError or TypeError for a half-given, malformed or conflicting request.
+    """
+    for label, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, 3):
+            raise ValueError(f"{label} must hold 1 or 3 values (per channel), got {values}")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if image_processor is None:
+        return mean, std
+    if mean is not None:
+        raise ValueError("give mean/std or image_processor, not both")
+    values = [getattr(image_processor, key, None) for key in ("image_mean", "image_std")]
+    if any(v is None for v in values):
+        raise TypeError(
+            "image_processor must have image_mean and image_std (a HuggingFace image processor), "
+            f"got {type(image_processor).__name__}"
+        )
+    return tuple(float(v) for v in values[0]), tuple(float(v) for v in values[1])
+
+
 class _ForwardFnModule(nn.Module):
     """``forward_fn(module, images)`` as a module, so that modes and flags reach the model."""
 
@@ -87,7 +113,10 @@ class ModelAdapter:
     """A classifier as the package sees it: ``adapter(images) -> logits`` plus what it is.
 
     ``forward_fn(model, images)`` replaces ``model(images)`` where the model's own forward
-    does not lead to the logits.
+    does not lead to the logits. What the adapter reads off the model, None where nothing
+    says: ``input_channels``; ``patch_size``, the token grid's stride in pixels;
+    ``input_size``, the (H, W) it was built for; ``reference_noise_alpha``, the paper's value
+    for its family; ``input_encoding``, the encoding it declares (``"add_inverse"``: B-cos).
     """
 
     def __init__(self, model: nn.Module, *, forward_fn: ForwardFn | None = None) -> None:
@@ -102,6 +131,11 @@ class ModelAdapter:
         self.family, self.root = find_family(model)
         self._called = model if forward_fn is None else _ForwardFnModule(model, forward_fn)
         self._float32_state: dict[str, torch.Tensor] | None = None
+        self.input_channels: int | None = self._ask("input_channels")
+        self.patch_size: int | None = self._ask("patch_size")
+        self.input_size: tuple[int, int] | None = self._ask("input_size")
+        self.reference_noise_alpha: float | None = self._ask("noise_alpha")
+        self.input_encoding: str | None = self._ask("input_encoding")
 
     # ----------------------------------------------------------------------- what it is
 
@@ -116,31 +150,6 @@ class ModelAdapter:
     def _ask(self, question: str) -> Any:
         answer = getattr(self.family, question)(self.root)
         return getattr(_GENERIC, question)(self.root) if answer is None else answer
-
-    @property
-    def input_channels(self) -> int | None:
-        """Channels of the model's input, or None when nothing says so."""
-        return self._ask("input_channels")
-
-    @property
-    def patch_size(self) -> int | None:
-        """Stride in pixels of the token grid, or None when the model has no patch embedding."""
-        return self._ask("patch_size")
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        """(H, W) the model was built for, or None."""
-        return self._ask("input_size")
-
-    @property
-    def reference_noise_alpha(self) -> float | None:
-        """The paper's ``noise_alpha`` for this model family, or None."""
-        return self._ask("noise_alpha")
-
-    @property
-    def input_encoding(self) -> str | None:
-        """The input encoding the model declares (``"add_inverse"`` for B-cos), or None."""
-        return self._ask("input_encoding")
 
     def normalization(self, mean: object | None = None, std: object | None = None) -> Normalization:
         """(mean, std) of the model's inputs: as given, else the model's own, else ImageNet's."""
@@ -171,11 +180,9 @@ class ModelAdapter:
             try:
                 output = self._output(images[:1].to(self.device, torch.float32))
             except Exception as error:  # the user's forward can fail in any way
-                raise ValueError(
-                    f"the model cannot take images of shape {tuple(images.shape[1:])} "
-                    f"({type(error).__name__}: {_first_line(error)}); resize and normalise them "
-                    "like the model's training data"
-                ) from error
+                shape = tuple(images.shape[1:])
+                problem = f"the model cannot take images of shape {shape} ({describe(error)})"
+                raise ValueError(f"{problem}; resize and normalise them as in training") from error
         return int(logits_of(output).shape[1])
 
     @contextmanager
@@ -225,8 +232,3 @@ class ModelAdapter:
                 name: t.detach().float() if t.is_floating_point() else t
                 for name, t in tensors.items()
             }
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

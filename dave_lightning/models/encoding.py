@@ -33,6 +33,14 @@ class InputEncoding:
         """Channels of the noise for inputs of ``channels`` channels."""
         return channels
 
+    def offset(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """The constant part of encoded inputs, which warping and noise leave alone."""
+        return None
+
+    def input_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The noise of the inputs from the noise of the picture."""
+        return noise
+
     def perturb(
         self,
         source: torch.Tensor,
@@ -40,11 +48,14 @@ class InputEncoding:
         keep: torch.Tensor | None,
         noise: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Warp encoded ``source`` inputs, then mix in noise: keep·τ(x) + sqrt(1 − keep²)·ε."""
-        warped = warp(source, params)
-        if keep is None:
-            return warped
-        return torch.addcmul(noise.mul_(torch.sqrt(1.0 - keep**2)), keep, warped)
+        """Warp encoded ``source`` inputs, then mix in noise: keep·τ(x) + sqrt(1 − keep²)·ε
+        (on the inputs' varying part; the offset is added back)."""
+        offset = self.offset(source)
+        warped = warp(source if offset is None else source - offset, params)
+        if keep is not None:
+            scaled = self.input_noise(noise).mul_(torch.sqrt(1.0 - keep**2))
+            warped = torch.addcmul(scaled, keep, warped)
+        return warped if offset is None else warped + offset
 
 
 class AddInverseEncoding(InputEncoding):
@@ -77,21 +88,14 @@ class AddInverseEncoding(InputEncoding):
     def noise_channels(self, channels: int) -> int:
         return channels // 2
 
-    def perturb(
-        self,
-        source: torch.Tensor,
-        params: AffineParams,
-        keep: torch.Tensor | None,
-        noise: torch.Tensor | None,
-    ) -> torch.Tensor:
-        half = source.shape[1] // 2
-        offset = torch.zeros(1, source.shape[1], 1, 1, device=source.device, dtype=source.dtype)
-        offset[:, half:] = 1.0
-        warped = warp(source - offset, params)
-        if keep is None:
-            return warped + offset
-        scale = torch.sqrt(1.0 - keep**2)
-        return offset + keep * warped + scale * torch.cat([noise, -noise], dim=1)
+    def offset(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[0, 1]: the inputs are [x, −x] + [0, 1]."""
+        offset = torch.zeros(1, inputs.shape[1], 1, 1, device=inputs.device, dtype=inputs.dtype)
+        offset[:, inputs.shape[1] // 2 :] = 1.0
+        return offset
+
+    def input_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        return torch.cat([noise, -noise], dim=1)
 
 
 IDENTITY = InputEncoding()

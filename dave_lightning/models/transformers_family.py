@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dave_lightning.attribution.effective import held_gate, in_effective_mode
-from dave_lightning.models.family import ModelFamily, Normalization, floats, size_pair
+from dave_lightning.models.adapter import requested_normalization
+from dave_lightning.models.family import ModelFamily, Normalization, size_pair
 from dave_lightning.models.timm_family import reference_noise_alpha
 
 #: Attention implementations whose softmax or sdpa call the effective mode intercepts.
@@ -103,13 +104,6 @@ def _configs(root: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
-def processor_normalization(processor: Any) -> Normalization | None:
-    """(mean, std) of a HuggingFace image processor (``image_mean``, ``image_std``)."""
-    mean = floats(list(getattr(processor, "image_mean", None) or []))
-    std = floats(list(getattr(processor, "image_std", None) or []))
-    return None if mean is None or std is None else (mean, std)
-
-
 class TransformersFamily(ModelFamily):
     """``transformers.PreTrainedModel`` image classifiers (main input ``pixel_values``)."""
 
@@ -150,9 +144,9 @@ class TransformersFamily(ModelFamily):
 
         try:
             processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+            return requested_normalization(None, None, processor)
         except Exception:  # no processor saved with the model: the adapter's fallback applies
             return None
-        return processor_normalization(processor)
 
     def noise_alpha(self, root: nn.Module) -> float | None:
         """The reference table by checkpoint name (``facebook/deit-small-patch16-224``)."""
