@@ -20,8 +20,8 @@ from dave_lightning.sinks import ImageSink
 
 METHOD_TITLES = {
     "dave": "DAVE",
-    "input_x_gradient": "input × gradient",
-    "input_x_effective": "input × effective",
+    "input_x_gradient": "input x gradient",
+    "input_x_effective": "input x effective",
 }
 ORDER_TITLES = {"lerf": "least relevant first", "morf": "most relevant first", "random": "random"}
 WRONG = (0.85, 0.1, 0.1)

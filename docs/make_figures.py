@@ -1,6 +1,6 @@
 """Make the docs' figures from a demo run: the method progression and the demo report.
 
-    dave-lightning demo --out runs/demo          # trains the model (≈ 5 min on 2 CPU cores)
+    dave-lightning demo --out runs/demo          # trains the model (about 3 min on 2 CPU cores)
     python docs/make_figures.py runs/demo/shapes/version_0
 
 Writes docs/figures/progression.png (image | input×gradient | input×effective |
@@ -19,7 +19,7 @@ import torch
 from dave_lightning import DAVE, viz
 from dave_lightning.attribution import COMPONENTS
 from dave_lightning.data import SyntheticShapes
-from dave_lightning.demo import ShapesClassifier
+from dave_lightning.data import ShapesClassifier
 
 FIGURES = Path(__file__).parent / "figures"
 IMAGES = 4
