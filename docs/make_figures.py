@@ -18,8 +18,7 @@ import torch
 
 from dave_lightning import DAVE, viz
 from dave_lightning.attribution import COMPONENTS
-from dave_lightning.data import SyntheticShapes
-from dave_lightning.data import ShapesClassifier
+from dave_lightning.data import ShapesClassifier, SyntheticShapes
 
 FIGURES = Path(__file__).parent / "figures"
 IMAGES = 4
