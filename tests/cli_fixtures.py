@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import timm
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -19,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from dave_lightning.attribution import DAVESettings
+from dave_lightning.cli import main
 from dave_lightning.data import SyntheticShapes
 from dave_lightning.evaluation import EvaluationOptions, ProbeEvaluator
 from dave_lightning.models import ModelAdapter
@@ -146,6 +148,15 @@ def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProce
         cwd=cwd,
         timeout=300,
     )
+
+
+def call_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    """``main`` in-process: (exit code, stderr)."""
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as exit_:  # argparse errors exit like the real command
+        code = exit_.code
+    return code, capsys.readouterr().err
 
 
 def assert_usage_error(code: int, stderr: str, *fragments: str) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -305,46 +302,6 @@ def test_repeated_evaluations_do_not_grow_memory(tmp_path: Path) -> None:
     assert growth < 64 * 2**20, (
         f"resident memory grew by {growth / 2**20:.1f} MiB over 50 evaluations"
     )
-
-
-DDP_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning_fixtures import TinyClassifier, loader, random_data
-from dave_lightning import DAVEMonitor
-
-pl.seed_everything(0)
-monitor = DAVEMonitor(random_data(6), n_samples=2, deletion_steps=8, max_images=1,
-                      metrics=("energy_pg", "gini", "drift"))
-trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
-                     limit_train_batches=2, limit_val_batches=1, callbacks=[monitor],
-                     enable_progress_bar=False, enable_model_summary=False,
-                     logger=TensorBoardLogger({out!r}, name="ddp", version=0))
-trainer.fit(TinyClassifier(), loader(16), loader(8, seed=1))
-print("rank", trainer.global_rank, "evaluations", [h["global_step"] for h in monitor.history])
-"""
-
-
-def test_ddp_on_cpu_logs_once_and_does_not_hang(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("evaluations [0, 1, 2]") == 2  # both ranks evaluated in step
-    accumulator = events(tmp_path / "ddp" / "version_0")
-    assert [e.step for e in accumulator.Scalars("dave/energy_pg")] == [0, 1, 2]
-    assert [e.step for e in accumulator.Images("dave/probe/0")] == [0, 1, 2]
-    assert len(list_snapshots(tmp_path / "ddp" / "version_0" / "dave")) == 3
 
 
 def test_no_warnings_from_a_plain_fit(tmp_path: Path) -> None:

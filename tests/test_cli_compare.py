@@ -17,6 +17,7 @@ from cli_fixtures import (
     IMAGE_SIZE,
     Marker,
     assert_usage_error,
+    call_cli,
     fit_checkpoints,
     run_cli,
     synthetic_probe,
@@ -26,7 +27,6 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dave_lightning import viz
-from dave_lightning.cli import main
 from dave_lightning.metrics import attribution_drift, drift_matrix
 from dave_lightning.snapshot import load_snapshot
 
@@ -54,15 +54,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return fit_checkpoints(tmp_path_factory.getbasetemp() / "checkpoints")
-
-
-def call_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    """``main`` in-process: (exit code, stderr)."""
-    try:
-        code = main([str(arg) for arg in args])
-    except SystemExit as exit_:  # argparse errors exit like the real command
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def panel_size(columns: int, size: int = IMAGE_SIZE) -> tuple[int, int]:

@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from cli_fixtures import IMAGE_SIZE, NUM_CLASSES, assert_usage_error, fit_checkpoints, run_cli
+from cli_fixtures import (
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    assert_usage_error,
+    call_cli,
+    fit_checkpoints,
+    run_cli,
+)
 from cli_fixtures import write_images as make_images
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from dave_lightning import viz
-from dave_lightning.cli import main
 
 TIMM_MODEL = "test_vit"  # timm's own tiny test ViT: 160 px, with a real data config
 FAST = ("--n-samples", "2", "--quiet")
@@ -38,15 +44,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit_checkpoints(tmp_path_factory.getbasetemp() / "checkpoints")[-1]
-
-
-def call_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    """``main`` in-process: (exit code, stderr)."""
-    try:
-        code = main([str(arg) for arg in args])
-    except SystemExit as exit_:  # argparse errors exit like the real command
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def test_explain_timm_model(images: Path, weights: Path, tmp_path: Path) -> None:
