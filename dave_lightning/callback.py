@@ -200,9 +200,7 @@ class DAVEMonitor(pl.Callback):
         adapter = ModelAdapter(pl_module, forward_fn=self.forward_fn)
         encoding = resolve_encoding(self.input_encoding, adapter, self.probe.images)
         check_probe_for_model(self.probe, adapter)
-        engine = self.engine
-        if engine.noise_alpha is None:
-            engine = engine.with_noise_alpha(_reference_noise_alpha(adapter))
+        engine = self.engine.for_model(adapter.reference_noise_alpha)
         self._adapter = adapter
         self._evaluator = ProbeEvaluator(
             self.probe, engine, self.options, input_encoding=self.input_encoding
@@ -497,16 +495,6 @@ class DAVEMonitor(pl.Callback):
             if key not in claimed and state.get("name", "dave") == self.name:
                 self.load_state_dict(state)
                 return
-
-
-def _reference_noise_alpha(adapter: ModelAdapter) -> float:
-    reference = adapter.reference_noise_alpha
-    if reference is None:
-        raise ValueError(
-            "noise_alpha=None needs a model whose family has a reference value (timm or "
-            "HuggingFace DeiT-III, DeiT or ViT, base or small, patch 16); pass noise_alpha"
-        )
-    return reference
 
 
 def _fit_ends_now(trainer: pl.Trainer, epoch_ends: bool) -> bool:

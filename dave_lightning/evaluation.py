@@ -193,8 +193,6 @@ class ProbeEvaluator:
         probe: the images, labels and optional masks and regions.
         engine: DAVE's settings (``noise_alpha=None`` resolves per model).
         options: what else to compute (metrics, compared methods, target, grid and deletion).
-        batch_size: images per pass of every model pass outside DAVE (predictions, deletion);
-            DAVE's own passes follow ``engine.batch_size``.
         input_encoding: the models' input encoding (``None``: the model's own or detected).
     """
 

@@ -195,10 +195,14 @@ def plot_metric_history(
     return fig
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) image in [0, 1] as 8-bit pixels on the CPU (what PNG, W&B and MLflow take)."""
+    return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Write a (3, H, W) image in [0, 1] to an 8-bit RGB PNG."""
-    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path, format="PNG")
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path, format="PNG")
 
 
 def _numpy(values: ArrayLike) -> np.ndarray:

@@ -187,12 +187,11 @@ def _multi_head_attention(args: tuple, kwargs: dict) -> Any:
 
 
 def _handlers() -> dict[Callable, Callable[[tuple, dict], Any]]:
-    softmax = _detached_output(torch.softmax)
     table: dict[Callable, Callable[[tuple, dict], Any]] = {
         F.scaled_dot_product_attention: _scaled_dot_product_attention,
         F.multi_head_attention_forward: _multi_head_attention,
         F.softmax: _detached_output(F.softmax),
-        torch.softmax: softmax,
+        torch.softmax: _detached_output(torch.softmax),
         torch.Tensor.softmax: _detached_output(torch.Tensor.softmax),
         torch.special.softmax: _detached_output(torch.special.softmax),
         torch.rsqrt: _detached_output(torch.rsqrt),

@@ -123,16 +123,7 @@ class DAVE:
         input_encoding: str | None,
     ) -> None:
         self.adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
-        if settings.noise_alpha is None:
-            reference = self.adapter.reference_noise_alpha
-            if reference is None:
-                raise ValueError(
-                    "noise_alpha=None needs a model whose family has a reference value (timm or "
-                    "HuggingFace DeiT-III, DeiT or ViT, base or small, patch 16); pass "
-                    "noise_alpha explicitly"
-                )
-            settings = settings.with_noise_alpha(reference)
-        self.settings = settings
+        self.settings = settings.for_model(self.adapter.reference_noise_alpha)
         self.input_encoding = input_encoding
 
     @property
@@ -218,7 +209,8 @@ class DAVE:
         active = torch.arange(count, device=call.source.device)
         drawn = settings.n_samples
         items = self._first_round(count, call.first_index, call.source.device)
-        for round_ in range(1, 64):
+        round_ = 0
+        while True:  # ends: every round draws more samples, up to max_samples
             self._run(call, items, noisy, accumulators)
             means = _stack_means(accumulators)
             if not adaptive or settings.target_reliability is None:
@@ -227,8 +219,8 @@ class DAVE:
             active = active[~(reliability >= settings.target_reliability)]
             if len(active) == 0 or drawn >= settings.max_samples:
                 return means
+            round_ += 1
             items, drawn = self._next_round(active, drawn, round_, call.first_index)
-        raise RuntimeError("adaptive sampling did not finish")  # unreachable: drawn doubles
 
     def _first_round(self, n_images: int, first_index: int, device: torch.device) -> _Items:
         """All images × ``n_samples`` items, each image's reservoir subset first."""

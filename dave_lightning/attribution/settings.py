@@ -16,7 +16,7 @@ class DAVESettings:
     """How DAVE samples, aggregates and post-processes (docs/method.md, "The engine").
 
     ``noise_alpha=None`` stands for the paper's value for the model's family; resolve it with
-    :meth:`with_noise_alpha` once the model is known. ``target_reliability`` turns on adaptive
+    :meth:`for_model` once the model is known. ``target_reliability`` turns on adaptive
     sampling: images whose map is less reliable than that draw more samples, up to
     ``max_samples``.
     """
@@ -80,9 +80,22 @@ class DAVESettings:
         those missing keep their defaults."""
         return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
 
-    def with_noise_alpha(self, noise_alpha: float) -> DAVESettings:
-        """These settings with ``noise_alpha`` filled in."""
-        return replace(self, noise_alpha=noise_alpha)
+    def for_model(self, reference_noise_alpha: float | None) -> DAVESettings:
+        """These settings for a model whose family's reference ``noise_alpha`` is given (None:
+        it has none): ``noise_alpha=None`` becomes the reference value.
+
+        Raises:
+            ValueError: for ``noise_alpha=None`` on a model without a reference value.
+        """
+        if self.noise_alpha is not None:
+            return self
+        if reference_noise_alpha is None:
+            raise ValueError(
+                "noise_alpha=None needs a model whose family has a reference value (timm or "
+                "HuggingFace DeiT-III, DeiT or ViT, base or small, patch 16); pass "
+                "noise_alpha explicitly"
+            )
+        return replace(self, noise_alpha=reference_noise_alpha)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples) for snapshots, reports and state keys."""

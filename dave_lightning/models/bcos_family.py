@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from dave_lightning.attribution.effective import in_effective_mode
-from dave_lightning.models.family import ModelFamily, Normalization
+from dave_lightning.models.family import ModelFamily, Normalization, first_conv
 
 
 def _explainable(module: nn.Module) -> bool:
@@ -33,38 +33,39 @@ class BcosFamily(ModelFamily):
             return True
         return any(_explainable(m) for m in module.modules())
 
-    def _embedding(self, root: nn.Module) -> nn.Module | None:
-        """The simple ViT's patch embedding (an optional conv stem, then a patch rearrange)."""
-        return next(
-            (m.to_patch_embedding for m in root.modules() if hasattr(m, "to_patch_embedding")),
-            None,
-        )
-
-    def _patch(self, embedding: nn.Module) -> tuple[int, int] | None:
+    def _patch(self, root: nn.Module) -> tuple[nn.Module, tuple[int, int]] | None:
+        """The simple ViT (its patch embedding: an optional conv stem, then a patch rearrange)
+        and its rearranged patch (height, width)."""
+        vit = next((m for m in root.modules() if hasattr(m, "to_patch_embedding")), None)
+        if vit is None:
+            return None
         rearrange = next(
-            (m for m in embedding.modules() if "p1" in getattr(m, "axes_lengths", {})), None
+            (m for m in vit.to_patch_embedding.modules() if "p1" in getattr(m, "axes_lengths", {})),
+            None,
         )
         if rearrange is None:
             return None
-        return rearrange.axes_lengths["p1"], rearrange.axes_lengths["p2"]
+        return vit, (rearrange.axes_lengths["p1"], rearrange.axes_lengths["p2"])
 
     def patch_size(self, root: nn.Module) -> int | None:
         """The rearranged patch times the conv stem's strides (B-cos ViT-C)."""
-        embedding = self._embedding(root)
-        patch = None if embedding is None else self._patch(embedding)
-        if patch is None:
+        found = self._patch(root)
+        if found is None:
             return None
-        strides = [m.stride[0] for m in embedding.modules() if isinstance(m, nn.Conv2d)]
-        return patch[0] * math.prod(strides)
+        vit, (height, _) = found
+        stem = vit.to_patch_embedding.modules()
+        return height * math.prod(m.stride[0] for m in stem if isinstance(m, nn.Conv2d))
 
     def input_channels(self, root: nn.Module) -> int | None:
-        embedding = self._embedding(root)
-        patch = None if embedding is None else self._patch(embedding)
-        conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
-        if conv is not None or patch is None:
-            return None if conv is None else conv.in_channels
-        vit = next(m for m in root.modules() if hasattr(m, "to_patch_embedding"))
-        return vit.patch_dim // (patch[0] * patch[1])
+        """The conv stem's input channels, else the patch dimension over the patch's pixels."""
+        conv = first_conv(root)
+        if conv is not None:
+            return conv.in_channels
+        found = self._patch(root)
+        if found is None:
+            return None
+        vit, (height, width) = found
+        return vit.patch_dim // (height * width)
 
     def normalization(self, root: nn.Module) -> Normalization | None:
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # pictures in [0, 1], no normalisation

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from matplotlib.figure import Figure
 
+from dave_lightning import viz
 from dave_lightning.sinks.base import ImageSink
 
 
@@ -29,10 +30,8 @@ class MlflowSink(ImageSink):
     def log_image(
         self, tag: str, image: torch.Tensor, step: int, caption: str | None = None
     ) -> None:
-        pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-        self.logger.experiment.log_image(
-            self.logger.run_id, pixels.permute(1, 2, 0).numpy(), key=image_key(tag), step=step
-        )
+        pixels = viz.to_uint8(image).permute(1, 2, 0).numpy()
+        self.logger.experiment.log_image(self.logger.run_id, pixels, key=image_key(tag), step=step)
 
     def log_figure(self, tag: str, figure: Figure, step: int) -> None:
         path = f"figures/{image_key(tag)}/step_{step:08d}.png"

@@ -6,16 +6,13 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
+from dave_lightning import viz
 from dave_lightning.sinks.base import ImageSink
 
 
-def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [0, 1] → uint8: ``wandb.Image`` does not scale float tensors."""
-    return (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 class WandbSink(ImageSink):
-    """``log_image(key=tag, images=[image], step=step, caption=[caption])`` on the logger.
+    """``log_image(key=tag, images=[image], step=step, caption=[caption])`` on the logger, as
+    8-bit pixels (``wandb.Image`` does not scale float tensors).
 
     The logger records the step as ``trainer/global_step``, the x-axis it declares for every
     key, so images line up with the scalars of the same evaluation.
@@ -28,7 +25,7 @@ class WandbSink(ImageSink):
         self, tag: str, image: torch.Tensor, step: int, caption: str | None = None
     ) -> None:
         captions = {} if caption is None else {"caption": [caption]}
-        self.logger.log_image(key=tag, images=[to_uint8(image)], step=step, **captions)
+        self.logger.log_image(key=tag, images=[viz.to_uint8(image)], step=step, **captions)
 
     def log_figure(self, tag: str, figure: Figure, step: int) -> None:
         self.logger.log_image(key=tag, images=[figure], step=step)
