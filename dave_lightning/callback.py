@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from dave_lightning import panels, viz
-from dave_lightning.attribution import DAVESettings
+from dave_lightning.attribution.settings import MONITOR_ENGINE, DAVESettings
 from dave_lightning.evaluation import (
     Evaluation,
     EvaluationOptions,
@@ -88,7 +88,7 @@ class DAVEMonitor(pl.Callback):
         every_n_train_steps: int | None = None,
         at_start: bool = True,
         at_end: bool = True,
-        n_samples: int = 8,
+        n_samples: int = MONITOR_ENGINE.n_samples,
         noise_alpha: float | None = 0.5,
         batch_size: int | None = None,
         seed: int = 0,

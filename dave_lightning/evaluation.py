@@ -46,6 +46,8 @@ class Evaluation:
 
     ``maps``: method → (N, 1, H, W), DAVE under ``"dave"`` first. ``metrics``: name → value;
     DAVE's under the metric name (``energy_pg``), other methods' under ``<method>/<metric>``.
+    ``values``: the per-item values behind each probe-mean metric, metric name → (N,) per probe
+    image, or (G,) per grid cell for grid metrics (NaN where an item has no value).
     ``curves``: ``<method>/deletion_<order>_<baseline>`` → (fractions, mean probability over the
     probe). ``probabilities``: softmax probability of each prediction. ``reliability``: each
     DAVE map's split-half reliability. ``images``: the probe as the model sees it (optional).
@@ -55,6 +57,7 @@ class Evaluation:
     targets: torch.Tensor
     predictions: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
     curves: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     probabilities: torch.Tensor | None = None
@@ -77,6 +80,7 @@ class Evaluation:
             "probabilities": self.probabilities,
             "reliability": self.reliability,
             "metrics": dict(self.metrics),
+            "values": dict(self.values),
             "curves": {k: [x, y] for k, (x, y) in self.curves.items()},
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -97,6 +101,7 @@ class Evaluation:
             targets=record["targets"],
             predictions=record["predictions"],
             metrics=dict(record["metrics"]),
+            values=dict(record.get("values") or {}),
             curves=curves,
             labels=record.get("labels"),
             probabilities=record.get("probabilities"),
@@ -116,7 +121,7 @@ class EvaluationOptions:
     compare_methods: tuple[str, ...] = ("input_x_gradient",)
     target: str = "label"
     grid_k: int = 2
-    deletion_steps: int = 128
+    deletion_steps: int = 16
     deletion_baseline: str = "blur"
 
     def __post_init__(self) -> None:
@@ -301,14 +306,15 @@ class ProbeEvaluator:
         items = {key: value.cpu() for key, value in results.items.items()}
         grid_items = {key: value.cpu() for key, value in results.grid_items.items()}
         labels = self.probe.labels
-        metrics = {
-            "probe_accuracy": float((items["predictions"] == labels).float().mean()),
-            "map_reliability": float(items["reliability"].nanmean()),
+        values = {
+            "probe_accuracy": (items["predictions"] == labels).float(),
+            "map_reliability": items["reliability"].float(),
         }
         for source in (items, grid_items):
             for key, value in source.items():
                 if key.startswith("value/"):
-                    metrics[key.removeprefix("value/")] = float(value.float().nanmean())
+                    values[key.removeprefix("value/")] = value.float()
+        metrics = {key: float(value.nanmean()) for key, value in values.items()}
         curves = {}
         for key, x in results.fractions.items():
             method, _, name = key.rpartition("/")
@@ -322,6 +328,7 @@ class ProbeEvaluator:
             targets=items["targets"],
             predictions=items["predictions"],
             metrics=metrics,
+            values=values,
             curves=curves,
             labels=labels,
             probabilities=items["probabilities"],

@@ -102,3 +102,9 @@ class DAVESettings:
         values = asdict(self)
         values["scale"] = list(self.scale)
         return values
+
+
+#: DAVE's settings where it runs at every evaluation of a fit (``DAVEMonitor`` and
+#: ``dave-lightning compare``, whose numbers must be comparable): fewer samples than the
+#: engine's own default, so that an evaluation per epoch stays cheap (docs/callback.md).
+MONITOR_ENGINE = DAVESettings(n_samples=8)
