@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dave_lightning import panels, viz
 from dave_lightning.attribution.settings import MONITOR_ENGINE, DAVESettings
+from dave_lightning.core.validation import check_choice, check_int
 from dave_lightning.evaluation import (
     Evaluation,
     EvaluationOptions,
@@ -39,7 +40,6 @@ from dave_lightning.schedule import Schedule
 from dave_lightning.sharding import run_sharded
 from dave_lightning.sinks import ImageSink, sinks_for_loggers
 from dave_lightning.snapshot import list_snapshots, load_evaluation, save_snapshot
-from dave_lightning.validation import check_choice, check_int
 
 
 class DAVEMonitor(pl.Callback):

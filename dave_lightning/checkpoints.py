@@ -22,7 +22,7 @@ import torch
 from timm.models import clean_state_dict
 from torch import nn
 
-from dave_lightning.errors import UsageError, describe, first_line
+from dave_lightning.core.errors import UsageError, describe, first_line
 
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 

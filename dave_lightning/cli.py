@@ -19,7 +19,7 @@ from typing import NoReturn
 import torch
 
 from dave_lightning.attribution import METHODS, DAVESettings
-from dave_lightning.errors import UsageError
+from dave_lightning.core.errors import UsageError
 from dave_lightning.metrics.registry import metric_names
 
 PROG = "dave-lightning"

@@ -19,6 +19,7 @@ import torch
 
 from dave_lightning.attribution import DAVE, DAVESettings
 from dave_lightning.attribution.methods import METHODS
+from dave_lightning.core.validation import check_choice, check_int
 from dave_lightning.metrics import make_grid_probe
 from dave_lightning.metrics.faithfulness import BASELINES
 from dave_lightning.metrics.grid import GridItems
@@ -32,7 +33,6 @@ from dave_lightning.metrics.registry import (
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import InputEncoding, resolve_encoding
 from dave_lightning.probe import Probe
-from dave_lightning.validation import check_choice, check_int
 
 MAX_GRIDS = 4
 DEFAULT_DELETION_BATCH = 64  # deletion images per forward pass when batch_size is None

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dave_lightning import viz
 from dave_lightning.attribution import DAVE, DAVESettings
-from dave_lightning.errors import UsageError
+from dave_lightning.core.errors import UsageError
 from dave_lightning.images import Transform, image_files, read_image
 from dave_lightning.models import ModelAdapter, Normalization
 

@@ -16,8 +16,8 @@ from timm.data import create_transform, resolve_data_config
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, is_image_file, make_dataset
 from torchvision.transforms import InterpolationMode
 
+from dave_lightning.core.errors import UsageError, first_line
 from dave_lightning.data import SHAPES, SyntheticShapes
-from dave_lightning.errors import UsageError, first_line
 from dave_lightning.models import ModelAdapter, Normalization
 from dave_lightning.models.timm_family import TimmFamily
 from dave_lightning.probe import Probe, check_probe

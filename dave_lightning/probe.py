@@ -16,8 +16,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from dave_lightning.core.validation import check_images
 from dave_lightning.models import ModelAdapter
-from dave_lightning.validation import check_images
 
 ProbeSource = tuple | Dataset | DataLoader
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dave_lightning.validation import check_int
+from dave_lightning.core.validation import check_int
 
 
 @dataclass(frozen=True)

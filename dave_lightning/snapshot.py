@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dave_lightning.errors import first_line
+from dave_lightning.core.errors import first_line
 from dave_lightning.evaluation import FORMAT, Evaluation
 
 REQUIRED = ("maps", "targets", "predictions", "metrics", "epoch", "global_step", "settings")

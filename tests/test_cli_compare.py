@@ -309,7 +309,7 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(
     runs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dave_lightning.compare import compare_snapshots
-    from dave_lightning.errors import UsageError
+    from dave_lightning.core.errors import UsageError
 
     with pytest.raises(UsageError, match=r"`steps` can pick from \[0, 1, 2\]") as caught:
         compare_snapshots([runs / "version_0"], steps=[7])

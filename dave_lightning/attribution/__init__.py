@@ -1,6 +1,5 @@
 """DAVE attribution for Vision Transformers: effective mode, the engine, compared methods."""
 
-from dave_lightning.attribution.effective import effective_mode
 from dave_lightning.attribution.engine import COMPONENTS, DAVE
 from dave_lightning.attribution.methods import (
     METHODS,
@@ -11,6 +10,7 @@ from dave_lightning.attribution.methods import (
 )
 from dave_lightning.attribution.postprocess import postprocess
 from dave_lightning.attribution.settings import DAVESettings
+from dave_lightning.core.effective import effective_mode
 
 __all__ = [
     "COMPONENTS",

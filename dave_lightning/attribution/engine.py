@@ -26,7 +26,7 @@ from dave_lightning.attribution.gradients import (
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
 from dave_lightning.attribution.reliability import split_half_reliability
 from dave_lightning.attribution.settings import DAVESettings
-from dave_lightning.attribution.transforms import AffineParams, sample_affine
+from dave_lightning.core.transforms import AffineParams, sample_affine
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import InputEncoding, resolve_encoding
 

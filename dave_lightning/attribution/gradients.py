@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import torch
 
-from dave_lightning.attribution.effective import effective_mode
+from dave_lightning.core.effective import effective_mode
+from dave_lightning.core.validation import check_images
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import ENCODINGS
-from dave_lightning.validation import check_images
 
 # Items per pass when batch_size is None (docs/method.md, "The engine"). On a CPU: as many as 8
 # images of 224 × 224 pixels, where benchmarks/bench_engine.py finds plain forward + backward

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from dave_lightning.attribution.postprocess import postprocess
-from dave_lightning.metrics.stats import spearman
+from dave_lightning.core.stats import spearman
 
 
 def spearman_brown(half_correlation: torch.Tensor) -> torch.Tensor:

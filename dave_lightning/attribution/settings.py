@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from dave_lightning.validation import check_choice, check_int, check_number
+from dave_lightning.core.validation import check_choice, check_int, check_number
 
 AGGREGATIONS = ("mad", "mean")
 

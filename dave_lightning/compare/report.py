@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dave_lightning import panels, viz
 from dave_lightning.compare.sources import Comparison
-from dave_lightning.errors import UsageError
+from dave_lightning.core.errors import UsageError
 from dave_lightning.sinks import TensorBoardSink
 
 DRIFT_TITLES = {"spearman": "Spearman", "topk_iou": "top-10 % IoU"}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dave_lightning import viz
 from dave_lightning.attribution import DAVESettings
 from dave_lightning.checkpoints import load_model
-from dave_lightning.errors import UsageError
+from dave_lightning.core.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
 from dave_lightning.images import load_probe
 from dave_lightning.metrics import drift_matrix

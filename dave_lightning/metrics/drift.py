@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dave_lightning.metrics import stats
+from dave_lightning.core import stats
 from dave_lightning.metrics._checks import as_maps, finite_rows, same_shape
 
 

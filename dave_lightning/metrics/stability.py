@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from dave_lightning.attribution.transforms import AffineParams, warp
-from dave_lightning.metrics import stats
+from dave_lightning.core import stats
+from dave_lightning.core.transforms import AffineParams, warp
 from dave_lightning.metrics._checks import as_maps, as_target, finite_rows
 
 #: (angle in degrees, (x shift, y shift) in fractions of width and height): docs/metrics.md's T,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dave_lightning.errors import describe
+from dave_lightning.core.errors import describe
 from dave_lightning.models.family import GenericFamily, ModelFamily, Normalization
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], Any]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from dave_lightning.attribution.effective import in_effective_mode
+from dave_lightning.core.effective import in_effective_mode
 from dave_lightning.models.family import ModelFamily, Normalization, first_conv
 
 

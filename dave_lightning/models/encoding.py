@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dave_lightning.attribution.transforms import AffineParams, warp
+from dave_lightning.core.transforms import AffineParams, warp
 
 
 class InputEncoding:

@@ -20,7 +20,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from dave_lightning.attribution.effective import held_gate, in_effective_mode
+from dave_lightning.core.effective import held_gate, in_effective_mode
 from dave_lightning.models.adapter import requested_normalization
 from dave_lightning.models.family import ModelFamily, Normalization, size_pair
 from dave_lightning.models.timm_family import reference_noise_alpha
