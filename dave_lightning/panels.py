@@ -9,6 +9,7 @@ a fit, each probe image's DAVE map across evaluations.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from matplotlib.figure import Figure
@@ -16,6 +17,7 @@ from torchvision.utils import make_grid
 
 from dave_lightning import viz
 from dave_lightning.evaluation import Evaluation
+from dave_lightning.metrics.registry import curve_figure
 from dave_lightning.sinks import ImageSink
 
 METHOD_TITLES = {
@@ -23,7 +25,6 @@ METHOD_TITLES = {
     "input_x_gradient": "input x gradient",
     "input_x_effective": "input x effective",
 }
-ORDER_TITLES = {"lerf": "least relevant first", "morf": "most relevant first", "random": "random"}
 WRONG = (0.85, 0.1, 0.1)
 MAX_PROGRESSION_COLUMNS = 12
 
@@ -85,42 +86,57 @@ def probe_panels(
     ]
 
 
-def curves_figure(evaluation: Evaluation, step: int) -> Figure:
-    """Mean deletion curves of every method and order."""
-    curves = {}
-    for key, (x, y) in evaluation.curves.items():
-        method, _, name = key.partition("/")
-        order = name.split("_")[1]
-        label = ORDER_TITLES.get(order, order)
-        curves[label if order == "random" else f"{method_title(method)}, {label}"] = (x, y)
-    return viz.plot_curves(
-        curves,
-        title=f"Pixel deletion, step {step}",
-        xlabel="fraction of pixels removed",
-        ylabel="target softmax probability",
-    )
+def curve_figures(evaluation: Evaluation, step: int) -> dict[str, Figure]:
+    """Per metric with curves (e.g. ``deletion``): its mean curves of every method, titled and
+    labelled as the metric declares (docs/architecture.md, "Add a metric")."""
+    by_metric: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for curve in evaluation.curves.values():
+        label = curve.label if curve.control else f"{method_title(curve.method)}, {curve.label}"
+        by_metric.setdefault(curve.metric, {})[label] = (curve.fractions, curve.values)
+    figures = {}
+    for metric, curves in by_metric.items():
+        figure = curve_figure(metric)
+        figures[metric] = viz.plot_curves(
+            curves, title=f"{figure.title}, step {step}", xlabel=figure.xlabel, ylabel=figure.ylabel
+        )
+    return figures
 
 
-def log_evaluation(
-    sinks: Sequence[ImageSink],
+@dataclass
+class Pictures:
+    """Drawn pictures, not yet sent: images (tag → (3, H, W) in [0, 1], caption) and figures."""
+
+    images: dict[str, tuple[torch.Tensor, str | None]] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def send(self, sinks: Sequence[ImageSink], step: int) -> None:
+        """Every picture to every sink, at ``step``."""
+        for sink in sinks:
+            for tag, (image, caption) in self.images.items():
+                sink.log_image(tag, image, step, caption)
+            for tag, figure in self.figures.items():
+                sink.log_figure(tag, figure, step)
+            sink.flush()
+
+
+def evaluation_pictures(
     prefix: str,
     evaluation: Evaluation,
     images01: torch.Tensor | None,
     step: int,
     max_images: int,
-) -> None:
-    """Panels ``<prefix>/probe/<i>``, ``<prefix>/probe_grid`` and ``<prefix>/deletion_curves``."""
-    panels = probe_panels(evaluation, images01, max_images)
+) -> Pictures:
+    """Panels ``<prefix>/probe/<i>``, ``<prefix>/probe_grid`` and, per metric with curves,
+    ``<prefix>/<metric>_curves`` (e.g. ``deletion_curves``)."""
+    pictures = Pictures()
+    for index, image in enumerate(probe_panels(evaluation, images01, max_images)):
+        caption = prediction_caption(evaluation, index)[0]
+        pictures.images[f"{prefix}/probe/{index}"] = (image, caption)
     grid = make_grid(heatmaps(images01, evaluation.maps["dave"]), nrow=8, padding=2)
-    figure = curves_figure(evaluation, step) if evaluation.curves else None
-    for sink in sinks:
-        for index, image in enumerate(panels):
-            caption = prediction_caption(evaluation, index)[0]
-            sink.log_image(f"{prefix}/probe/{index}", image, step, caption)
-        sink.log_image(f"{prefix}/probe_grid", grid, step)
-        if figure is not None:
-            sink.log_figure(f"{prefix}/deletion_curves", figure, step)
-        sink.flush()
+    pictures.images[f"{prefix}/probe_grid"] = (grid, None)
+    for metric, figure in curve_figures(evaluation, step).items():
+        pictures.figures[f"{prefix}/{metric}_curves"] = figure
+    return pictures
 
 
 def progression_panels(
@@ -141,17 +157,12 @@ def progression_panels(
     ]
 
 
-def log_progression(
-    sinks: Sequence[ImageSink],
+def progression_pictures(
     prefix: str,
     columns: Sequence[tuple[str, torch.Tensor]],
     images01: torch.Tensor,
-    step: int,
     max_images: int,
-) -> None:
+) -> Pictures:
     """``<prefix>/progression/<i>``: each probe image's DAVE map across evaluations."""
     panels = progression_panels(columns, images01, max_images)
-    for sink in sinks:
-        for index, image in enumerate(panels):
-            sink.log_image(f"{prefix}/progression/{index}", image, step)
-        sink.flush()
+    return Pictures({f"{prefix}/progression/{i}": (image, None) for i, image in enumerate(panels)})

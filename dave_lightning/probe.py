@@ -1,22 +1,26 @@
 """Probe sets: the fixed, held-out images whose explanations are tracked across training.
 
 A probe is built once from tensors, a ``Dataset`` or a ``DataLoader`` (the first ``num_probe``
-items in index order, so the choice never depends on shuffling) and validated early, so that
-a bad probe fails at ``setup`` and not after an hour of training.
+items in index order, so the choice never depends on shuffling; a loader's items go through its
+own ``collate_fn``, so the probe is what the loader yields) and validated early, so that a bad
+probe fails at ``setup`` and not after an hour of training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from dave_lightning.core.validation import check_images
+from dave_lightning.core.errors import describe
+from dave_lightning.core.validation import check_finite, check_images
 from dave_lightning.models import ModelAdapter
 
 ProbeSource = tuple | Dataset | DataLoader
@@ -53,6 +57,13 @@ def build_probe(
                 f"a probe tuple must be (images, labels) or (images, labels, masks), "
                 f"got {len(source)} elements"
             )
+        count = len(source[0])
+        if count > num_probe:
+            warnings.warn(
+                f"the probe tuple holds {count} images; the first num_probe={num_probe} are used "
+                f"(pass num_probe={count} to use them all)",
+                stacklevel=3,
+            )
         items = [t[:num_probe] if isinstance(t, torch.Tensor) else t for t in source]
         images, labels, masks = (*items, None)[:3]
     else:
@@ -70,10 +81,11 @@ def build_probe(
 
 
 def check_probe(probe: Probe) -> None:
-    """Shape and type checks that need no model; errors name the problem and the fix."""
+    """Shape, type and value checks that need no model; errors name the problem and the fix."""
     n, _, height, width = probe.images.shape
     if n == 0:
         raise ValueError("the probe is empty; pass at least one image (num_probe >= 1)")
+    check_finite("probe images", probe.images, "every evaluation would fail; drop or fix them")
     if probe.labels.shape != (n,):
         raise ValueError(
             f"probe labels have shape {tuple(probe.labels.shape)}, expected ({n},): "
@@ -90,6 +102,24 @@ def check_probe(probe: Probe) -> None:
             )
         if masks.dtype != torch.bool:
             raise TypeError(f"probe {name} must be boolean, got {masks.dtype}; use masks > 0.5")
+    if probe.masks is not None:
+        _check_masks_mark_objects(probe.masks)
+
+
+def _check_masks_mark_objects(masks: torch.Tensor) -> None:
+    """Every object mask marks part of its image: an empty one gives no energy pointing game
+    (NaN), a full one a meaningless 1."""
+    inside = masks.flatten(1).sum(1)
+    for problem, bad in (
+        ("mark no pixel", inside == 0),
+        ("mark every pixel", inside == masks[0].numel()),
+    ):
+        if bool(bad.any()):
+            items = ", ".join(map(str, bad.nonzero().flatten().tolist()[:8]))
+            raise ValueError(
+                f"the object masks of probe images {items} {problem}, so energy_pg means nothing "
+                "there; pass masks that mark each image's object, or drop those images"
+            )
 
 
 def check_probe_for_model(probe: Probe, model: ModelAdapter) -> None:
@@ -115,7 +145,8 @@ def check_probe_for_model(probe: Probe, model: ModelAdapter) -> None:
 
 
 def _collect(source: Dataset | DataLoader, num_probe: int) -> tuple[Any, Any, Any]:
-    """The first ``num_probe`` items of a dataset (index order) or a loader (iteration order)."""
+    """The first ``num_probe`` items of a dataset (index order) or a loader (index order through
+    its ``collate_fn``; iteration order for an iterable dataset)."""
     dataset = source.dataset if isinstance(source, DataLoader) else source
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
         items = []
@@ -126,13 +157,39 @@ def _collect(source: Dataset | DataLoader, num_probe: int) -> tuple[Any, Any, An
         items = items[:num_probe]
     else:
         items = [dataset[i] for i in range(min(num_probe, len(dataset)))]
+        if isinstance(source, DataLoader) and items:
+            items = _unbatch(_collated(source, items))
     if not items:
         raise ValueError("the probe source holds no items; pass a non-empty dataset or loader")
     fields = [_fields(item) for item in items]
+    if isinstance(fields[0][0], Image.Image):
+        raise TypeError(
+            "probe items are PIL images; give the dataset the transform its training data gets "
+            "(e.g. torchvision's ToTensor and Normalize), or pass a DataLoader whose collate_fn "
+            "prepares them"
+        )
     images = torch.stack([torch.as_tensor(f[0]) for f in fields])
     labels = torch.tensor([int(f[1]) for f in fields])
     masks = None if fields[0][2] is None else torch.stack([torch.as_tensor(f[2]) for f in fields])
     return images, labels, masks
+
+
+def _collated(loader: DataLoader, items: list[Any]) -> Any:
+    """``items`` as the loader's own ``collate_fn`` batches them (what training sees)."""
+    try:
+        return loader.collate_fn(items)
+    except Exception as error:
+        image = _fields(items[0])[0] if isinstance(items[0], (Mapping, Sequence)) else None
+        if isinstance(image, Image.Image):
+            raise TypeError(
+                "probe items are PIL images that the loader's collate_fn cannot batch; give the "
+                "dataset the transform its training data gets (e.g. torchvision's ToTensor and "
+                "Normalize)"
+            ) from error
+        raise ValueError(
+            f"the probe loader's collate_fn failed on its first {len(items)} items "
+            f"({describe(error)}); pass a loader whose collate_fn batches them"
+        ) from error
 
 
 IMAGE_KEYS = ("image", "images", "pixel_values")
@@ -164,7 +221,8 @@ def _fields(item: Any) -> tuple[Any, Any, Any]:
 
 
 def _unbatch(batch: Any) -> list[Any]:
-    """Split a collated batch (tuple of tensors or dict of tensors) into items."""
+    """Split a collated batch (tuple of tensors or dict of tensors, e.g. a HuggingFace
+    ``BatchFeature``) into items."""
     if isinstance(batch, Mapping):
         size = len(next(iter(batch.values())))
         return [{key: value[i] for key, value in batch.items()} for i in range(size)]

@@ -8,6 +8,8 @@ its content; files of earlier format versions load too.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from dave_lightning.core.errors import first_line
-from dave_lightning.evaluation import FORMAT, Evaluation
+from dave_lightning.evaluation.record import FORMAT, Evaluation
 
 REQUIRED = ("maps", "targets", "predictions", "metrics", "epoch", "global_step", "settings")
 _NAME = re.compile(r"step_(\d{8})\.pt$")
@@ -29,14 +31,28 @@ def snapshot_path(directory: str | Path, global_step: int) -> Path:
     return Path(directory) / f"step_{global_step:08d}.pt"
 
 
-def save_snapshot(directory: str | Path, evaluation: Evaluation) -> Path:
-    """Write one evaluation (at its ``global_step``); returns the file's path."""
+def save_snapshot(
+    directory: str | Path, evaluation: Evaluation, *, images: torch.Tensor | None = None
+) -> Path:
+    """Write one evaluation (at its ``global_step``; ``images``: the probe, for a run's first
+    snapshot) whole or not at all: a failed write leaves no file behind. Returns the path."""
     path = snapshot_path(directory, evaluation.global_step or 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    torch.save(evaluation.to_record(), temporary)
-    temporary.replace(path)
+    data = io.BytesIO()
+    torch.save(evaluation.to_record(images), data)  # serialised first: a write error is an OSError
+    try:
+        _write_file(temporary, data.getbuffer())
+        temporary.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     return path
+
+
+def _write_file(path: Path, data: memoryview) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
 
 
 def load_snapshot(path: str | Path) -> dict[str, Any]:

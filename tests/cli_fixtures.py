@@ -24,6 +24,7 @@ from dave_lightning.cli import main
 from dave_lightning.data import SyntheticShapes
 from dave_lightning.evaluation import EvaluationOptions, ProbeEvaluator
 from dave_lightning.models import ModelAdapter
+from dave_lightning.models.encoding import IDENTITY
 from dave_lightning.probe import Probe
 from dave_lightning.snapshot import save_snapshot
 
@@ -87,12 +88,16 @@ def synthetic_probe(count: int = 4, seed: int = 0) -> Probe:
 
 def write_run(log_dir: Path, steps: tuple[int, ...], probe: Probe) -> Path:
     """Snapshots as DAVEMonitor writes them, of a randomly re-initialised ViT per step."""
-    evaluator = ProbeEvaluator(probe, FAST_ENGINE, FAST_OPTIONS)
+    evaluator = ProbeEvaluator(probe, FAST_ENGINE, FAST_OPTIONS, IDENTITY)
+    (log_dir / "dave").mkdir(parents=True, exist_ok=True)
     for step in steps:
         torch.manual_seed(step)
-        evaluation = evaluator.evaluate(ModelAdapter(tiny_vit()))
-        evaluation.epoch = evaluation.global_step = step
-        evaluation.settings = {**evaluator.settings(), "mean": [0.5] * 3, "std": [0.5] * 3}
+        evaluation = evaluator.evaluate(
+            ModelAdapter(tiny_vit()),
+            epoch=step,
+            global_step=step,
+            settings={**evaluator.settings(), "mean": [0.5] * 3, "std": [0.5] * 3},
+        )
         save_snapshot(log_dir / "dave", evaluation)
     return log_dir
 

@@ -32,6 +32,7 @@ def evaluate() -> dict[str, Any]:
     from dave_lightning.data import ShapesClassifier, ShapesDataModule
     from dave_lightning.evaluation import EvaluationOptions, ProbeEvaluator
     from dave_lightning.models import ModelAdapter
+    from dave_lightning.models.encoding import IDENTITY
     from dave_lightning.probe import build_probe
 
     torch.backends.mkldnn.enabled = False
@@ -45,8 +46,8 @@ def evaluate() -> dict[str, Any]:
     options = EvaluationOptions(
         compare_methods=("input_x_gradient", "input_x_effective"), deletion_steps=6
     )
-    evaluator = ProbeEvaluator(probe, engine, options)
     adapter = ModelAdapter(model)
+    evaluator = ProbeEvaluator(probe, engine, options, IDENTITY)
     first = evaluator.evaluate(adapter)
     references = {"previous": first.maps["dave"], "first": first.maps["dave"]}
     second = evaluator.evaluate(adapter, references=references)
@@ -56,7 +57,10 @@ def evaluate() -> dict[str, Any]:
         for part, values in (
             ("maps", evaluation.maps),
             ("values", evaluation.values),
-            ("curves", {k: torch.stack([x, y]) for k, (x, y) in evaluation.curves.items()}),
+            (
+                "curves",
+                {k: torch.stack([c.fractions, c.values]) for k, c in evaluation.curves.items()},
+            ),
             ("metrics", {k: torch.tensor(v) for k, v in evaluation.metrics.items()}),
         )
         for key, value in values.items()

@@ -144,7 +144,7 @@ def test_resume_continues_schedule_and_drift_reference(tmp_path: Path) -> None:
     # counted across the resume (step 9, not step 6)
     slow = ["deletion_lerf_blur" in entry["metrics"] for entry in resumed.history]
     assert slow == [True, True, False, True, True]
-    assert torch.equal(resumed._first_maps, first._first_maps)
+    assert torch.equal(resumed.state_dict()["first_maps"], first.state_dict()["first_maps"])
     last = resumed.history[-1]["metrics"]
     assert 0 < last["drift_first_cosine"] < 1 and "drift_previous_cosine" in last
 
@@ -196,13 +196,24 @@ def test_bad_probe_fails_at_setup_before_training(tmp_path: Path, probe, match) 
     assert _CountingClassifier.steps == 0
 
 
-def test_too_few_classes_for_the_grid_only_skips_that_metric(tmp_path: Path) -> None:
+def test_too_few_classes_for_the_grid_leaves_out_a_default_grid_pg_with_one_warning(
+    tmp_path: Path,
+) -> None:
     images, labels, masks = random_data(4)
-    monitor = DAVEMonitor((images, labels % 2, masks), metrics=("grid_pg", "gini"), **FAST)
-    with pytest.warns(UserWarning, match="grid_pg is skipped"):
+    monitor = DAVEMonitor((images, labels % 2, masks), **FAST)
+    with pytest.warns(UserWarning, match="leaves out grid_pg: grid_pg needs grid") as caught:
         fit(tmp_path, [monitor], epochs=1, logger=False)
+    assert sum("leaves out" in str(w.message) for w in caught) == 1
     assert "grid_pg" not in monitor.history[-1]["metrics"]
     assert "gini" in monitor.history[-1]["metrics"]
+
+
+def test_too_few_classes_for_a_grid_pg_asked_for_is_an_error_at_setup(tmp_path: Path) -> None:
+    images, labels, masks = random_data(4)
+    monitor = DAVEMonitor((images, labels % 2, masks), metrics=("grid_pg", "gini"), **FAST)
+    with pytest.raises(ValueError, match="'grid_pg' needs grid: need images of at least 4"):
+        fit(tmp_path, [monitor], epochs=1, logger=False)
+    assert monitor.history == []
 
 
 @pytest.mark.parametrize(
@@ -259,7 +270,8 @@ def test_on_error_raise_stops_training(tmp_path: Path) -> None:
 def test_val_probe_frozen_backbone_and_bf16(tmp_path: Path) -> None:
     module = TinyClassifier()
     module.model.blocks.requires_grad_(False)
-    monitor = DAVEMonitor("val", num_probe=5, metrics=CHEAP_METRICS, **FAST)
+    metrics = ("gini", "patch_artifact", "drift")  # the val loader has no masks
+    monitor = DAVEMonitor("val", num_probe=5, metrics=metrics, **FAST)
     fit(tmp_path, [monitor], epochs=1, module=module, precision="bf16-mixed", logger=False)
     assert monitor.probe.images.shape == (5, 3, 32, 32)
     assert torch.equal(monitor.probe.images, loader(16, seed=1).dataset.tensors[0][:5])

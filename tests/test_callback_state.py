@@ -62,8 +62,8 @@ def test_two_monitors_checkpoint_and_resume_independently(tmp_path: Path) -> Non
     assert [h["global_step"] for h in val_again.history] == [0, 2, 4]
     assert hard_again.history[:2] == hard.history
     assert [h["global_step"] for h in hard_again.history] == [0, 2, 4]
-    assert torch.equal(val_again._first_maps, val._first_maps)
-    assert torch.equal(hard_again._first_maps, hard._first_maps)
+    assert torch.equal(val_again.state_dict()["first_maps"], val.state_dict()["first_maps"])
+    assert torch.equal(hard_again.state_dict()["first_maps"], hard.state_dict()["first_maps"])
 
 
 def test_same_name_twice_is_refused_at_setup(tmp_path: Path) -> None:
@@ -106,17 +106,21 @@ def test_a_checkpoint_of_the_first_version_still_loads(tmp_path: Path) -> None:
     resumed = DAVEMonitor(random_data(4), **FAST)
     resume(tmp_path, [resumed], str(legacy))
     assert resumed.history[:2] == first.history
-    assert torch.equal(resumed._first_maps, first._first_maps)
+    assert torch.equal(resumed.state_dict()["first_maps"], first.state_dict()["first_maps"])
 
 
 def test_state_dict_round_trip() -> None:
-    monitor = DAVEMonitor(random_data(4))
-    monitor.history = [{"epoch": 0, "global_step": 5, "metrics": {"gini": 0.5}}]
-    monitor._last_step = 5
-    monitor._first_maps = torch.rand(4, 1, 32, 32)
-    monitor._previous_maps = torch.rand(4, 1, 32, 32)
+    state = DAVEMonitor(random_data(4)).state_dict()
+    state.update(
+        history=[{"epoch": 0, "global_step": 5, "metrics": {"gini": 0.5}, "slow": True}],
+        last_step=5,
+        first_maps=torch.rand(4, 1, 32, 32),
+        previous_maps=torch.rand(4, 1, 32, 32),
+    )
     restored = DAVEMonitor(random_data(4))
-    restored.load_state_dict(copy.deepcopy(monitor.state_dict()))
-    assert restored.history == monitor.history and restored._last_step == 5
-    assert torch.equal(restored._first_maps, monitor._first_maps)
-    assert torch.equal(restored._previous_maps, monitor._previous_maps)
+    restored.load_state_dict(copy.deepcopy(state))
+    again = restored.state_dict()
+    assert again["history"] == state["history"] and again["last_step"] == 5
+    assert torch.equal(again["first_maps"], state["first_maps"])
+    assert torch.equal(again["previous_maps"], state["previous_maps"])
+    assert again["run_id"] == state["run_id"]

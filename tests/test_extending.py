@@ -58,9 +58,9 @@ def peak_share() -> Iterator[MetricSpec]:
 
 def test_a_registered_metric_is_computed_logged_and_stored(tmp_path: Path, peak_share) -> None:
     monitor = DAVEMonitor(random_data(4), metrics=("peak_share", "gini"), **FAST)
-    fit(tmp_path, monitor)
+    trainer = fit(tmp_path, monitor)
     metrics = monitor.history[-1]["metrics"]
-    maps = DAVE(monitor._adapter.model, n_samples=2).attribute(
+    maps = DAVE(trainer.lightning_module, n_samples=2).attribute(
         monitor.probe.images, monitor.probe.labels
     )
     flat = maps.flatten(1)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning_fixtures import TinyClassifier, loader, random_data
 
 from dave_lightning import DAVEMonitor
+from dave_lightning.snapshot import list_snapshots, load_snapshot
 
 FAST = {"n_samples": 2, "deletion_steps": 4, "max_images": 1}
 SLOW = ("stability_spearman", "grid_pg", "deletion_lerf_blur")
@@ -79,7 +80,8 @@ class TimmSmall(TinyClassifier):
 def test_reference_noise_alpha_through_the_lightning_module(tmp_path: Path) -> None:
     monitor = DAVEMonitor(random_data(4), noise_alpha=None, metrics=("gini",), **FAST)
     fit(tmp_path, monitor, TimmSmall())
-    assert monitor._evaluator.engine.noise_alpha == 0.1
+    settings = load_snapshot(list_snapshots(monitor.snapshot_dir)[-1])["settings"]
+    assert settings["engine"]["noise_alpha"] == 0.1
     assert len(monitor.history) == 2
     with pytest.raises(ValueError, match="noise_alpha=None needs a model whose family"):
         fit(tmp_path, DAVEMonitor(random_data(4), noise_alpha=None, **FAST), TinyClassifier())

@@ -25,7 +25,7 @@ def test_version_1_snapshots_load_as_evaluations() -> None:
     # version 1 named DAVE's curves without the method
     assert "dave/deletion_lerf_blur" in load_evaluation(last).curves
     record = Evaluation.from_record(load_snapshot(last)).to_record()
-    assert record["version"] == 2 and torch.equal(record["maps"], load_snapshot(last)["maps"])
+    assert record["version"] == 3 and torch.equal(record["maps"], load_snapshot(last)["maps"])
 
 
 def test_compare_reads_version_1_snapshots(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from dave_lightning.attribution.gradients import (
 )
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
 from dave_lightning.attribution.reliability import split_half_reliability
-from dave_lightning.attribution.settings import DAVESettings
+from dave_lightning.attribution.settings import ENGINE, DAVESettings
 from dave_lightning.core.transforms import AffineParams, sample_affine
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import InputEncoding, resolve_encoding
@@ -87,18 +87,18 @@ class DAVE:
         self,
         model: nn.Module | ModelAdapter,
         *,
-        n_samples: int = 50,
-        noise_alpha: float | None = 0.5,
-        hflip_prob: float = 0.5,
-        rotation: float = 20.0,
-        translation: float = 0.1,
-        scale: tuple[float, float] = (0.9, 1.1),
-        aggregation: str = "mad",
-        postprocess: bool = True,
-        batch_size: int | None = None,
-        seed: int = 0,
-        target_reliability: float | None = None,
-        max_samples: int | None = None,
+        n_samples: int = ENGINE.n_samples,
+        noise_alpha: float | None = ENGINE.noise_alpha,
+        hflip_prob: float = ENGINE.hflip_prob,
+        rotation: float = ENGINE.rotation,
+        translation: float = ENGINE.translation,
+        scale: tuple[float, float] = ENGINE.scale,
+        aggregation: str = ENGINE.aggregation,
+        postprocess: bool = ENGINE.postprocess,
+        batch_size: int | None = ENGINE.batch_size,
+        seed: int = ENGINE.seed,
+        target_reliability: float | None = ENGINE.target_reliability,
+        max_samples: int | None = ENGINE.max_samples,
         input_encoding: str | None = None,
     ) -> None:
         settings = DAVESettings.from_arguments(locals())
@@ -109,9 +109,10 @@ class DAVE:
         cls,
         model: nn.Module | ModelAdapter,
         settings: DAVESettings,
-        input_encoding: str | None = None,
+        input_encoding: str | InputEncoding | None = None,
     ) -> DAVE:
-        """The engine for ``model`` with ``settings``."""
+        """The engine for ``model`` with ``settings``; ``input_encoding`` as in the constructor,
+        or an encoding resolved before."""
         engine = cls.__new__(cls)
         engine._init(model, settings, input_encoding)
         return engine
@@ -120,7 +121,7 @@ class DAVE:
         self,
         model: nn.Module | ModelAdapter,
         settings: DAVESettings,
-        input_encoding: str | None,
+        input_encoding: str | InputEncoding | None,
     ) -> None:
         self.adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         self.settings = settings.for_model(self.adapter.reference_noise_alpha)

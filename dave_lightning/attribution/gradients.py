@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from dave_lightning.core.effective import effective_mode
-from dave_lightning.core.validation import check_images
+from dave_lightning.core.validation import check_finite, check_images
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import ENCODINGS
 
@@ -42,6 +42,7 @@ def check_inputs(
     check_images("images", images, "add a batch dimension with images.unsqueeze(0)")
     if images.shape[0] == 0:
         raise ValueError("images is an empty batch; pass at least one image")
+    check_finite("images", images, "a map of such an input would be NaN; fix or drop them")
     channels = model.input_channels
     if channels is not None and images.shape[1] != channels:
         encoding = ENCODINGS.get(model.input_encoding or "none")

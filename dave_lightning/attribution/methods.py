@@ -86,8 +86,28 @@ METHODS: dict[str, MethodFactory] = {
 }
 
 
-def register_method(name: str, factory: MethodFactory) -> None:
-    """Make ``name`` usable in ``compare_methods`` (``factory(model, batch_size)`` builds it)."""
-    if name == "dave" or "/" in name:
+def register_method(name: str, factory: MethodFactory, *, replace: bool = False) -> None:
+    """Make ``name`` usable in ``compare_methods`` (``factory(model, batch_size)`` builds it).
+
+    Raises:
+        ValueError: for a reserved name, or one already registered unless ``replace``.
+    """
+    if name == "dave" or "/" in name or not name:
         raise ValueError(f"method name {name!r} is reserved or contains '/'; pick another")
+    if name in METHODS and not replace:
+        raise ValueError(
+            f"a method named {name!r} is already registered; pick another name, or pass "
+            "replace=True to replace it"
+        )
     METHODS[name] = factory
+
+
+def check_method_names(names: object) -> tuple[str, ...]:
+    """``names`` as a tuple of registered method names; an unknown one lists the valid names."""
+    if isinstance(names, str):
+        raise TypeError(f"compare_methods must be a sequence of names, got {names!r}")
+    names = tuple(names)
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown compare_methods {unknown}; choose from {list(METHODS)}")
+    return names

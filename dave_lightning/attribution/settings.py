@@ -104,6 +104,9 @@ class DAVESettings:
         return values
 
 
+#: The engine's own defaults (``DAVE``, ``dave-lightning explain``).
+ENGINE = DAVESettings()
+
 #: DAVE's settings where it runs at every evaluation of a fit (``DAVEMonitor`` and
 #: ``dave-lightning compare``, whose numbers must be comparable): fewer samples than the
 #: engine's own default, so that an evaluation per epoch stays cheap (docs/callback.md).

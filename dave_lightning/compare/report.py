@@ -243,7 +243,10 @@ def write_tensorboard(comparison: Comparison, directory: Path, *, progress: bool
             step = index if evaluation.global_step is None else evaluation.global_step
             logger.log_metrics({f"dave/{k}": v for k, v in evaluation.metrics.items()}, step=step)
             count = len(evaluation.targets)
-            panels.log_evaluation(sinks, "dave", evaluation, comparison.images01, step, count)
+            pictures = panels.evaluation_pictures(
+                "dave", evaluation, comparison.images01, step, count
+            )
+            pictures.send(sinks, step)
         logger.finalize("success")
 
 

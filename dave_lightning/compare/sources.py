@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,14 @@ import torch
 from tqdm import tqdm
 
 from dave_lightning import viz
-from dave_lightning.attribution import DAVESettings
+from dave_lightning.attribution.settings import MONITOR_ENGINE, DAVESettings
 from dave_lightning.checkpoints import load_model
 from dave_lightning.core.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
 from dave_lightning.images import load_probe
 from dave_lightning.metrics import drift_matrix
 from dave_lightning.models import ModelAdapter
+from dave_lightning.models.encoding import resolve_encoding
 from dave_lightning.probe import Probe
 from dave_lightning.snapshot import SnapshotError, list_snapshots, load_evaluation
 
@@ -200,7 +201,11 @@ def compare_checkpoints(
     ``options`` the metrics and compared methods. Checkpoints that need full unpickling are
     refused unless ``trust``.
     """
-    engine = engine if isinstance(engine, DAVESettings) else DAVESettings(**dict(engine or {}))
+    engine = (
+        engine
+        if isinstance(engine, DAVESettings)
+        else replace(MONITOR_ENGINE, **dict(engine or {}))
+    )
     options = options or EvaluationOptions()
     paths = [Path(p) for p in checkpoints]
     for path in paths:
@@ -219,17 +224,23 @@ def compare_checkpoints(
             probe_set, normal = _resolve_probe(
                 probe, model, masks, num_probe, image_size, mean, std
             )
-            images01 = viz.denormalize(probe_set.images, *normal)
-            evaluator = ProbeEvaluator(probe_set, engine, options)
+            encoding = resolve_encoding(None, model, probe_set.images)
+            images01 = viz.denormalize(encoding.picture(probe_set.images), *normal)
+            model_engine = engine.for_model(model.reference_noise_alpha)
+            evaluator = ProbeEvaluator(probe_set, model_engine, options, encoding)
         references = {}
         if entries:
             references = {
                 "previous": entries[-1].evaluation.maps["dave"],
                 "first": entries[0].evaluation.maps["dave"],
             }
-        evaluation = evaluator.evaluate(model, references=references)
-        evaluation.epoch, evaluation.global_step = info["epoch"], info["global_step"]
-        evaluation.settings = evaluator.settings()
+        evaluation = evaluator.evaluate(
+            model,
+            references=references,
+            epoch=info["epoch"],
+            global_step=info["global_step"],
+            settings=evaluator.settings(),
+        )
         entries.append(
             Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
         )

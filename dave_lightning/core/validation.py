@@ -42,3 +42,12 @@ def check_images(name: str, images: object, single_image_fix: str) -> None:
         raise TypeError(
             f"{name} must be a floating-point tensor normalised for the model, got {images.dtype}"
         )
+
+
+def check_finite(name: str, images: torch.Tensor, fix: str) -> None:
+    """``images`` (B, ...) must hold no NaN or Inf; the error names the offending items."""
+    finite = torch.isfinite(images.detach()).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:8])) + (", …" if len(bad) > 8 else "")
+        raise ValueError(f"{name} hold NaN or Inf values (items {shown}); {fix}")

@@ -2,14 +2,15 @@
 
 A :class:`MetricSpec` names a metric (the name users pass in ``metrics=``), says whether it
 needs extra model passes (``slow``: computed every ``slow_metrics_every``-th evaluation), what
-it needs from the probe or the model, and how to compute per-item values from
-:class:`MetricInputs`. The evaluator iterates the registry; adding a metric is one
-:func:`register_metric` call (docs/architecture.md, "Add a metric").
+it needs from the probe or the model, which keys it logs, what its curves are called, and how
+to compute per-item values from :class:`MetricInputs`. The evaluator and the monitor ask the
+registry and nothing else about metric names; adding a metric is one :func:`register_metric`
+call (docs/architecture.md, "Add a metric").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,8 +25,29 @@ from dave_lightning.metrics.stability import stability
 
 AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: What a metric can need; a metric whose needs are not met is left out of the evaluation.
-NEEDS = ("masks", "regions", "grid", "patch_size", "references")
+#: What a metric can need, and how a user provides it when it is missing.
+NEEDS: dict[str, str] = {
+    "masks": "pass object masks with the probe: (images, labels, masks)",
+    "regions": "pass regions={name: (N, H, W) bool masks}",
+    "grid": "the probe needs images of at least grid_k² distinct classes; use a more varied "
+    "probe or a smaller grid_k",
+    "patch_size": "the model's patch size could not be read off it; use a ViT whose patch "
+    "embedding is a convolution, or leave this metric out",
+    "references": "it compares an evaluation with earlier ones, so it starts at the second",
+}
+
+#: The earlier evaluations drift is measured against.
+REFERENCES = ("previous", "first")
+
+
+@dataclass(frozen=True)
+class KeyContext:
+    """What decides a metric's keys before it runs: the method, the region names, the deletion
+    baseline."""
+
+    method: str = "dave"
+    regions: tuple[str, ...] = ()
+    deletion_baseline: str = "blur"
 
 
 @dataclass
@@ -45,33 +67,54 @@ class MetricInputs:
     model: Callable[[torch.Tensor], torch.Tensor]
     attribute: AttributeFn
     grid_attribute: AttributeFn
+    grid_k: int
+    deletion_steps: int
+    deletion_baseline: str
+    batch_size: int
     masks: torch.Tensor | None = None
-    regions: dict[str, torch.Tensor] | None = None
+    regions: dict[str, torch.Tensor] = field(default_factory=dict)
     grid: GridItems | None = None
     patch_size: int | None = None
     references: dict[str, torch.Tensor] = field(default_factory=dict)
-    grid_k: int = 2
-    deletion_steps: int = 16
-    deletion_baseline: str = "blur"
-    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ItemCurve:
+    """One curve per item: the x-axis (S,), the values (n, S), its legend label, and whether it
+    is a control that does not depend on the maps (drawn once, not per method)."""
+
+    fractions: torch.Tensor
+    values: torch.Tensor
+    label: str
+    control: bool = False
 
 
 @dataclass
 class MetricValues:
-    """Per-item values by name, and per-item curves by name as (x (S,), values (n, S))."""
+    """Per-item values by key, and per-item curves by key."""
 
     values: dict[str, torch.Tensor] = field(default_factory=dict)
-    curves: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    curves: dict[str, ItemCurve] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CurveFigure:
+    """How a metric's curves are drawn: the figure title and the axes' labels."""
+
+    title: str
+    xlabel: str
+    ylabel: str
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric: its name, cost class, needs and computation.
+    """One metric: its name, cost class, needs, keys, curves and computation.
 
     ``compute(inputs)`` returns per-item values (probe images, or grid cells when ``unit`` is
-    ``"grid"``), which the evaluator averages over the probe (NaN skipped). ``dave_only``
+    ``"grid"``), which the evaluator averages over the probe (NaN skipped). ``keys(context)``
+    names the values it returns before it runs (default: the metric's name). ``dave_only``
     metrics are computed for DAVE's maps only; ``implicit`` ones run whenever their needs are
-    met and are not named in ``metrics=``.
+    met and are not named in ``metrics=``. ``figure`` says how its curves are drawn.
     """
 
     name: str
@@ -81,13 +124,23 @@ class MetricSpec:
     unit: str = "image"
     dave_only: bool = False
     implicit: bool = False
+    keys: Callable[[KeyContext], tuple[str, ...]] | None = None
+    figure: CurveFigure | None = None
 
     def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"metric name {self.name!r} must be non-empty without '/'")
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
-            raise ValueError(f"unknown needs {sorted(unknown)}; choose from {NEEDS}")
+            raise ValueError(f"unknown needs {sorted(unknown)}; choose from {tuple(NEEDS)}")
         if self.unit not in ("image", "grid"):
             raise ValueError(f"unit must be 'image' or 'grid', got {self.unit!r}")
+
+    def keys_for(self, context: KeyContext) -> tuple[str, ...]:
+        """The keys this metric logs for ``context``'s method (empty for a method it skips)."""
+        if self.dave_only and context.method != "dave":
+            return ()
+        return (self.name,) if self.keys is None else self.keys(context)
 
 
 def _energy_pg(inputs: MetricInputs) -> MetricValues:
@@ -111,9 +164,12 @@ def _patch_artifact(inputs: MetricInputs) -> MetricValues:
     return MetricValues({"patch_artifact": patch_artifact_score(inputs.maps, inputs.patch_size)})
 
 
+STABILITY_STATISTICS = ("pearson", "spearman", "topk_iou")
+
+
 def _stability(inputs: MetricInputs) -> MetricValues:
     scores = stability(inputs.attribute, inputs.images, inputs.targets, maps=inputs.maps)
-    return MetricValues({f"stability_{key}": value for key, value in scores.items()})
+    return MetricValues({f"stability_{key}": scores[key] for key in STABILITY_STATISTICS})
 
 
 def _grid_pg(inputs: MetricInputs) -> MetricValues:
@@ -122,15 +178,23 @@ def _grid_pg(inputs: MetricInputs) -> MetricValues:
     return MetricValues({"grid_pg": grid_pointing_game(maps, inputs.grid_k, grid.cells)})
 
 
-#: Orders of the deletion curves that depend on the maps; the random order is one shared control.
-DELETION_ORDERS = ("lerf", "morf")
+#: Orders of the deletion curves, with their legend labels; the random order is one control
+#: per probe (it does not depend on the maps), computed with DAVE's.
+DELETION_ORDERS = {
+    "lerf": "least relevant first",
+    "morf": "most relevant first",
+    "random": "random order",
+}
+
+
+def _deletion_orders(method: str) -> tuple[str, ...]:
+    return tuple(DELETION_ORDERS) if method == "dave" else ("lerf", "morf")
 
 
 def _deletion(inputs: MetricInputs) -> MetricValues:
-    """LeRF and MoRF deletion curves; for DAVE also the random-order control (once per probe)."""
-    orders = (*DELETION_ORDERS, "random") if inputs.method == "dave" else DELETION_ORDERS
+    """Deletion curves in each order and their AUCs."""
     result = MetricValues()
-    for order in orders:
+    for order in _deletion_orders(inputs.method):
         name = f"deletion_{order}_{inputs.deletion_baseline}"
         fractions, probabilities = deletion_curve(
             inputs.model,
@@ -143,8 +207,20 @@ def _deletion(inputs: MetricInputs) -> MetricValues:
             batch_size=inputs.batch_size,
         )
         result.values[name] = curve_auc(fractions, probabilities)
-        result.curves[name] = (fractions, probabilities)
+        result.curves[name] = ItemCurve(
+            fractions, probabilities, DELETION_ORDERS[order], control=order == "random"
+        )
     return result
+
+
+def _deletion_keys(context: KeyContext) -> tuple[str, ...]:
+    return tuple(
+        f"deletion_{order}_{context.deletion_baseline}"
+        for order in _deletion_orders(context.method)
+    )
+
+
+DRIFT_STATISTICS = ("spearman", "cosine", "topk_iou")
 
 
 def _drift(inputs: MetricInputs) -> MetricValues:
@@ -158,23 +234,59 @@ def _drift(inputs: MetricInputs) -> MetricValues:
 METRICS: dict[str, MetricSpec] = {}
 
 
-def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` to the registry, so ``metrics=(spec.name, ...)`` computes it."""
+def register_metric(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
+    """Add ``spec`` to the registry, so ``metrics=(spec.name, ...)`` computes it.
+
+    Raises:
+        ValueError: when the name is taken and ``replace`` is not set.
+    """
     if not isinstance(spec, MetricSpec):
         raise TypeError(f"register a MetricSpec, got {type(spec).__name__}")
+    if spec.name in METRICS and not replace:
+        raise ValueError(
+            f"a metric named {spec.name!r} is already registered; pick another name, or pass "
+            "replace=True to replace it"
+        )
     METRICS[spec.name] = spec
     return spec
 
 
 for _spec in (
     MetricSpec("energy_pg", _energy_pg, needs=frozenset({"masks"})),
-    MetricSpec("regions", _regions, needs=frozenset({"regions"}), implicit=True),
+    MetricSpec(
+        "regions",
+        _regions,
+        needs=frozenset({"regions"}),
+        implicit=True,
+        keys=lambda context: tuple(f"region_{name}" for name in context.regions),
+    ),
     MetricSpec("gini", _gini),
     MetricSpec("patch_artifact", _patch_artifact, needs=frozenset({"patch_size"})),
-    MetricSpec("stability", _stability, slow=True),
+    MetricSpec(
+        "stability",
+        _stability,
+        slow=True,
+        keys=lambda context: tuple(f"stability_{key}" for key in STABILITY_STATISTICS),
+    ),
     MetricSpec("grid_pg", _grid_pg, slow=True, needs=frozenset({"grid"}), unit="grid"),
-    MetricSpec("deletion", _deletion, slow=True),
-    MetricSpec("drift", _drift, needs=frozenset({"references"}), dave_only=True),
+    MetricSpec(
+        "deletion",
+        _deletion,
+        slow=True,
+        keys=_deletion_keys,
+        figure=CurveFigure(
+            "Pixel deletion", "fraction of pixels removed", "target softmax probability"
+        ),
+    ),
+    MetricSpec(
+        "drift",
+        _drift,
+        needs=frozenset({"references"}),
+        dave_only=True,
+        keys=lambda context: tuple(
+            f"drift_{reference}_{key}" for reference in REFERENCES for key in DRIFT_STATISTICS
+        ),
+    ),
 ):
     register_metric(_spec)
 
@@ -193,3 +305,37 @@ def check_metric_names(names: object) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(metric_names())}")
     return names
+
+
+def selected_specs(names: Sequence[str]) -> list[MetricSpec]:
+    """The specs of ``names`` plus the implicit ones, in registry order."""
+    return [spec for name, spec in METRICS.items() if spec.implicit or name in names]
+
+
+def metric_keys(
+    specs: Sequence[MetricSpec], methods: Sequence[str], context: KeyContext
+) -> dict[str, MetricSpec]:
+    """Every key the ``specs`` log for DAVE and each compared method (``<method>/<key>``), with
+    the spec that logs it."""
+    keys = {}
+    for method in ("dave", *methods):
+        prefix = "" if method == "dave" else f"{method}/"
+        for spec in specs:
+            for key in spec.keys_for(
+                KeyContext(method, context.regions, context.deletion_baseline)
+            ):
+                keys[prefix + key] = spec
+    return keys
+
+
+def curve_figure(metric: str) -> CurveFigure:
+    """How the curves of ``metric`` are drawn (its name as title when it is not registered)."""
+    spec = METRICS.get(metric)
+    if spec is not None and spec.figure is not None:
+        return spec.figure
+    return CurveFigure(metric.replace("_", " "), "fraction", "value")
+
+
+def unmet_needs(spec: MetricSpec, available: Mapping[str, bool]) -> list[str]:
+    """The needs of ``spec`` that ``available`` (need → met) does not meet."""
+    return [need for need in sorted(spec.needs) if not available.get(need, False)]

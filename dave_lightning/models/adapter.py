@@ -29,8 +29,20 @@ FAMILIES: list[ModelFamily] = []
 _GENERIC = GenericFamily()
 
 
-def register_family(family: ModelFamily) -> ModelFamily:
-    """Add a model family; families registered later are asked first."""
+def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
+    """Add a model family; families registered later are asked first.
+
+    Raises:
+        ValueError: when a family of that name is registered and ``replace`` is not set.
+    """
+    taken = [known for known in FAMILIES if known.name == family.name]
+    if taken and not replace:
+        raise ValueError(
+            f"a model family named {family.name!r} is already registered; give yours another "
+            "name, or pass replace=True to replace it"
+        )
+    for known in taken:
+        FAMILIES.remove(known)
     FAMILIES.insert(0, family)
     return family
 

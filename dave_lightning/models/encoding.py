@@ -103,11 +103,16 @@ ADD_INVERSE = AddInverseEncoding()
 ENCODINGS: dict[str, InputEncoding] = {IDENTITY.name: IDENTITY, ADD_INVERSE.name: ADD_INVERSE}
 
 
-def resolve_encoding(name: str | None, model: object, inputs: torch.Tensor) -> InputEncoding:
-    """The encoding of ``inputs``: as named, else the model's own, else detected from them.
+def resolve_encoding(
+    name: str | InputEncoding | None, model: object, inputs: torch.Tensor
+) -> InputEncoding:
+    """The encoding of ``inputs``: as named, else the model's own, else detected from them; an
+    encoding resolved before (an :class:`InputEncoding`) is returned as it is.
 
     Raises ValueError when a named or declared encoding does not match the inputs.
     """
+    if isinstance(name, InputEncoding):
+        return name
     declared = name or getattr(model, "input_encoding", None)
     if declared is None:
         detected = (e for e in ENCODINGS.values() if e is not IDENTITY and e.matches(inputs))

@@ -30,3 +30,7 @@ class ImageSink:
 
     def flush(self) -> None:
         """Make what was logged visible (e.g. write buffered events)."""
+
+    def discard(self, step: int) -> None:
+        """Take back what was logged at ``step`` where the destination allows it (files); called
+        when publishing an evaluation fails part-way, so that it leaves nothing behind."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
@@ -9,10 +11,21 @@ from dave_lightning.sinks.base import ImageSink
 
 
 class TensorBoardSink(ImageSink):
-    """``SummaryWriter.add_image`` on a writer, e.g. a ``TensorBoardLogger``'s experiment."""
+    """``SummaryWriter.add_image`` on a writer, e.g. a ``TensorBoardLogger``'s experiment; given
+    a writer directly (a plain PyTorch loop), it takes the scalars too (``add_scalar``)."""
 
     def __init__(self, writer: SummaryWriter) -> None:
         self.writer = writer
+
+    @property
+    def log_dir(self) -> str:
+        """The writer's run directory."""
+        return self.writer.log_dir
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Each scalar as ``add_scalar(tag, value, step)``."""
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, global_step=step)
 
     def log_image(
         self, tag: str, image: torch.Tensor, step: int, caption: str | None = None

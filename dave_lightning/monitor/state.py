@@ -1,4 +1,4 @@
-"""DAVEMonitor's checkpointed state: whether a checkpoint's state continues this monitor.
+"""A monitor's checkpointed state: whether a checkpoint's state continues this monitor.
 
 A state carries what its history was computed on — the probe's SHA-256 and the settings that
 change the numbers — so that a resumed monitor can tell a continuation from a changed probe or
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 def settings_id(identity: Mapping[str, Any]) -> str:
@@ -50,11 +50,12 @@ def change_from(
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """``key: old → new`` for every setting that changed (engine settings flattened)."""
+    """``key: old → new`` for every setting that changed (engine settings flattened); settings
+    an older state does not hold took their defaults then and are not compared."""
     flat_old = {**old, **old.get("engine", {})}
     flat_new = {**new, **new.get("engine", {})}
     return ", ".join(
-        f"{key}: {flat_old.get(key)!r} → {flat_new.get(key)!r}"
+        f"{key}: {flat_old[key]!r} → {flat_new[key]!r}"
         for key in flat_new
-        if key != "engine" and flat_old.get(key) != flat_new.get(key)
+        if key != "engine" and key in flat_old and flat_old[key] != flat_new[key]
     )
