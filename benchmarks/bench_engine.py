@@ -29,7 +29,7 @@ from _timing import timed_side_by_side
 
 from dave_lightning import DAVE, effective_mode
 from dave_lightning.attribution.gradients import auto_batch_size, chunks
-from dave_lightning.attribution.transforms import sample_affine, warp
+from dave_lightning.core.transforms import sample_affine, warp
 from dave_lightning.models import ModelAdapter
 
 MODEL = "vit_small_patch16_224"

@@ -29,13 +29,13 @@ import torch
 
 from dave_lightning import DAVE
 from dave_lightning.attribution.aggregation import robust_mean
-from dave_lightning.attribution.effective import effective_mode
 from dave_lightning.attribution.gradients import select_logits
 from dave_lightning.attribution.postprocess import postprocess
 from dave_lightning.attribution.reliability import spearman_brown
-from dave_lightning.attribution.transforms import sample_affine, warp
+from dave_lightning.core.effective import effective_mode
+from dave_lightning.core.stats import spearman
+from dave_lightning.core.transforms import sample_affine, warp
 from dave_lightning.data import ShapesClassifier, SyntheticShapes, render
-from dave_lightning.metrics.stats import spearman
 from dave_lightning.models import ModelAdapter
 
 SEEDS = (0, 1, 2)
