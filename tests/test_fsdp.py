@@ -25,19 +25,25 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 from lightning_fixtures import TinyClassifier, loader, random_data
 from dave_lightning import DAVEMonitor
 
 torch.set_num_threads(1)
 
 class Sharded(TinyClassifier):
-    '''The tiny ViT with FSDP2 on each block and on the root ViT.'''
+    '''The tiny ViT with FSDP2 on each block and on the root ViT; counts the monitor's passes
+    through the head (a root parameter) with the head's weight frozen and trainable.'''
 
     def configure_model(self):
         for block in self.model.blocks:
             fully_shard(block)
         fully_shard(self.model)
+        self.passes = {{"frozen": 0, "trainable": 0}}
+        self.model.head.register_forward_pre_hook(self.count)
+
+    def count(self, head, args):
+        if self.trainer.training and not head.training:  # the monitor's pass during the fit
+            self.passes["trainable" if head.weight.requires_grad else "frozen"] += 1
 
 pl.seed_everything(0)
 module = Sharded(lr=0.05)
@@ -49,9 +55,7 @@ trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=ModelParallelStrateg
                      max_epochs=2, limit_train_batches=2, callbacks=callbacks, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, default_root_dir={out!r})
-trainer.fit(module, loader(32))
-# registered parameters: sharded DTensors after training (the unsharded ones after a forward)
-sharded = all(isinstance(p, DTensor) for p in module.parameters())
+trainer.fit(module, loader(32), loader(8, seed=1))  # validation leaves the root unsharded
 options = StateDictOptions(full_state_dict=True, cpu_offload=True)
 weights = get_model_state_dict(module, options=options)
 optimizer = get_optimizer_state_dict(module, trainer.optimizers[0], options=options)
@@ -60,7 +64,7 @@ if trainer.is_global_zero:
 history = callbacks[0].history if callbacks else []
 print("RESULT", json.dumps({{
     "rank": trainer.global_rank,
-    "sharded": sharded,
+    "passes": module.passes,
     "steps": [h["global_step"] for h in history],
     "slow": [h["slow"] for h in history],
     "metrics": [sorted(h["metrics"]) for h in history],
@@ -101,7 +105,9 @@ def assert_bitwise_equal(actual: object, expected: object, where: str = "") -> N
             assert_bitwise_equal(a, e, f"{where}[{index}]")
     elif isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor), where
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=where)
+        torch.testing.assert_close(
+            actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{where}: {m}"
+        )
     else:
         assert actual == expected, where
 
@@ -118,9 +124,9 @@ def test_the_monitor_leaves_fsdp2_training_bitwise_unchanged(tmp_path: Path) -> 
             for prefix in ("stability_", "deletion_lerf_", "input_x_gradient/deletion_"):
                 assert any(key.startswith(prefix) for key in keys), (prefix, keys)
         assert any(key.startswith("drift_") for key in rank["metrics"][1])
+        # every pass of an evaluation runs with frozen parameters, the root's included
+        assert rank["passes"]["frozen"] > 0 and rank["passes"]["trainable"] == 0, rank["passes"]
     states = monitored["optimizer"]["state"]
     assert {int(state["step"]) for state in states.values()} == {4}  # no parameter missed one
     assert_bitwise_equal(monitored["weights"], plain["weights"], "weights")
     assert_bitwise_equal(monitored["optimizer"], plain["optimizer"], "optimizer")
-    # FSDP's parameters are left sharded, as training leaves them
-    assert [rank["sharded"] for rank in ranks.values()] == [True, True]
