@@ -206,8 +206,10 @@ class ModelAdapter:
         through a temporary float32 copy; the model's own tensors are never changed.
         ``torch.compile``d modules run their eager code, which the effective mode intercepts,
         and the family's own context (an explanation mode, an attention path) is entered.
-        ``.grad`` fields are never written.
+        ``.grad`` fields are never written. FSDP2 (``fully_shard``) modules are resharded on
+        entry and on exit (:func:`_reshard_fsdp`).
         """
+        _reshard_fsdp(self.model)
         training = [(module, module.training) for module in self.model.modules()]
         requires_grad = [(param, param.requires_grad) for param in self.model.parameters()]
         outer_state = self._float32_state
@@ -225,6 +227,7 @@ class ModelAdapter:
                     self._float32_state = self._float32_copy()
                 yield
         finally:
+            _reshard_fsdp(self.model)
             self._float32_state = outer_state
             for module, flag in training:
                 module.training = flag
@@ -244,3 +247,20 @@ class ModelAdapter:
                 name: t.detach().float() if t.is_floating_point() else t
                 for name, t in tensors.items()
             }
+
+
+def _reshard_fsdp(model: nn.Module) -> None:
+    """Register the sharded parameters of every FSDP2 (``fully_shard``) module of ``model``.
+
+    FSDP2 copies ``requires_grad`` from a sharded parameter to its unsharded one only when it
+    unshards, and keeps the root's unsharded after a no-grad forward (it reshards the root after
+    backward). Resharded, the parameters the adapter freezes and restores are the ones FSDP2
+    copies the flag from, and the next training forward unshards afresh, with the restored flags.
+    """
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule  # only where torch has distributed support
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
