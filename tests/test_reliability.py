@@ -181,7 +181,7 @@ def test_reported_reliability_is_the_definition_on_the_engines_own_half_maps(
     recorded: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per accumulator fed samples
     add = SampleAccumulator.add
 
-    def recording_add(self: SampleAccumulator, samples: torch.Tensor, halves: torch.Tensor):
+    def recording_add(self: SampleAccumulator, samples: torch.Tensor, halves: torch.Tensor) -> None:
         if not hasattr(self, "recorded"):
             self.recorded = []
             recorded.append(self.recorded)
