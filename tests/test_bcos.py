@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -138,3 +139,52 @@ def test_a_monitor_fit_on_a_bcos_vit_logs_maps_and_metrics(tmp_path: Path) -> No
     assert "dave/probe/0" in accumulator.Tags()["images"]
     (first,) = [e for e in accumulator.Images("dave/probe/0") if e.step == 0]
     assert first.width > first.height  # image | DAVE | input × gradient, from the x channels
+
+
+def set_explanation_mode(model: torch.nn.Module, active: bool) -> None:
+    for module in model.modules():
+        if hasattr(module, "set_explanation_mode"):
+            module.set_explanation_mode(active)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny models run faster so on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_explanation_mode_is_left_as_it_was_and_changes_no_map() -> None:
+    torch.manual_seed(0)
+    model = bcos_vit().eval()
+    inputs = add_inverse(IMAGES01)
+    dave = DAVE(model, n_samples=2, postprocess=False)
+    reference = dave.attribute(inputs, TARGET, return_components=True)
+    assert explanation_flags(model) == [False] * 15  # off before, off after
+    set_explanation_mode(model, True)
+    parts = dave.attribute(inputs, TARGET, return_components=True)
+    assert explanation_flags(model) == [True] * 15  # on before, on after
+    for name, maps in reference.items():  # each pass sets the mode it needs
+        assert torch.equal(parts[name], maps), name
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("before", [True, False])
+def test_explanation_mode_is_left_as_it_was_after_a_failing_attribution(before: bool) -> None:
+    model = bcos_vit().eval()
+    set_explanation_mode(model, before)
+    calls = 0
+
+    def fail_second(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("mid-attribution")
+
+    model.register_forward_hook(fail_second)
+    with pytest.raises(RuntimeError, match="mid-attribution"):
+        DAVE(model, n_samples=4, batch_size=4).attribute(add_inverse(IMAGES01), TARGET)
+    assert calls == 2 and explanation_flags(model) == [before] * 15

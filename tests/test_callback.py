@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import psutil
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_fixtures import TinyClassifier, loader, random_data
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.utils import make_grid
 
-from dave_lightning import DAVEMonitor
+from dave_lightning import DAVEMonitor, viz
 from dave_lightning.snapshot import list_snapshots, load_snapshot
 
 FAST = {"n_samples": 2, "deletion_steps": 8, "max_images": 2}
@@ -354,3 +358,43 @@ def test_tensorboard_gets_a_chart_layout_and_the_settings_as_hparams(tmp_path: P
     assert charts["map_reliability"] == ["dave/map_reliability"]
     hparams = (Path(trainer.log_dir) / "hparams.yaml").read_text()
     assert "dave/n_samples: 2" in hparams and "dave/metrics: gini, energy_pg" in hparams
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny models run faster so on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_without_a_logger_the_pictures_are_pngs_under_the_snapshot_dir(tmp_path: Path) -> None:
+    """docs/callback.md: no logger → ``<snapshot_dir>/png/step_<step:08d>/<tag, / as _>.png``."""
+    monitor = DAVEMonitor(
+        random_data(4, seed=5),
+        metrics=("gini", "deletion"),
+        n_samples=2,
+        deletion_steps=4,
+        max_images=2,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    fit(tmp_path / "root", [monitor], epochs=1, logger=False)
+    assert [h["global_step"] for h in monitor.history] == [0, 3]
+    per_evaluation = ["dave_probe_0", "dave_probe_1", "dave_probe_grid", "dave_deletion_curves"]
+    expected = {
+        "step_00000000": per_evaluation,
+        "step_00000003": [*per_evaluation, "dave_progression_0", "dave_progression_1"],
+    }
+    png = Path(monitor.snapshot_dir) / "png"
+    expected_paths = {png / step / f"{tag}.png" for step, tags in expected.items() for tag in tags}
+    found = {*tmp_path.rglob("*.png"), *Path(monitor.snapshot_dir).rglob("*.png")}
+    assert found == expected_paths  # these files, and no picture anywhere else
+    # what the probe grid shows: the last evaluation's maps over the probe images
+    record = load_snapshot(list_snapshots(monitor.snapshot_dir)[-1])
+    images01 = viz.denormalize(monitor.probe.images, (0.5,) * 3, (0.25,) * 3)
+    grid = make_grid(viz.overlay(images01, record["maps"]), nrow=8, padding=2)
+    written = np.array(Image.open(png / "step_00000003" / "dave_probe_grid.png"))
+    assert torch.equal(torch.from_numpy(written).permute(2, 0, 1), viz.to_uint8(grid))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -124,3 +125,38 @@ def test_state_dict_round_trip() -> None:
     assert torch.equal(again["first_maps"], state["first_maps"])
     assert torch.equal(again["previous_maps"], state["previous_maps"])
     assert again["run_id"] == state["run_id"]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: the tiny models run faster so on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_monitors_differing_only_in_name_resume_their_own_histories(tmp_path: Path) -> None:
+    """Same probe and settings, other names and schedules: the name alone keeps them apart."""
+
+    def monitors() -> list[DAVEMonitor]:
+        probe = random_data(4, seed=7)
+        return [
+            DAVEMonitor(probe, name="dave_epochs", **FAST),
+            DAVEMonitor(
+                probe, name="dave_steps", every_n_epochs=None, every_n_train_steps=1, **FAST
+            ),
+        ]
+
+    by_epoch, by_step = monitors()
+    assert by_epoch.state_key != by_step.state_key
+    checkpoint = fit_and_checkpoint(tmp_path, [by_epoch, by_step])
+    assert [h["global_step"] for h in by_epoch.history] == [0, 2]
+    assert [h["global_step"] for h in by_step.history] == [0, 1, 2]
+    by_epoch_again, by_step_again = monitors()
+    resume(tmp_path, [by_step_again, by_epoch_again], checkpoint)
+    assert by_epoch_again.history[:2] == by_epoch.history
+    assert [h["global_step"] for h in by_epoch_again.history] == [0, 2, 4]
+    assert by_step_again.history[:3] == by_step.history
+    assert [h["global_step"] for h in by_step_again.history] == [0, 1, 2, 3, 4]

@@ -50,3 +50,24 @@ def test_example_runs_offline(script: str, tmp_path: Path) -> None:
         accumulator.Reload()
         assert [event.step for event in accumulator.Scalars("dave/energy_pg")] == [0, 4]
         assert "dave/probe/0" in accumulator.Tags()["images"]
+
+
+def test_subprocesses_import_the_checkout_under_test(tmp_path: Path) -> None:
+    """With the environment the subprocess tests pass on (tests/conftest.py puts this checkout
+    first on PYTHONPATH), a child Python imports this checkout's package, not an installed one.
+
+    ``find_spec`` resolves the name exactly as ``import`` does (the same path and meta-path
+    finders, an editable install's included) without the package's 7-second import.
+    """
+    find = "import importlib.util; print(importlib.util.find_spec('dave_lightning').origin)"
+    result = subprocess.run(
+        [sys.executable, "-c", find],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=tmp_path,  # not the checkout: the current directory must not be what finds it
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = Path(result.stdout.strip()).resolve()
+    assert imported == (ROOT / "dave_lightning" / "__init__.py").resolve()

@@ -3,6 +3,7 @@ cap on every pass, and the slow metrics at the last evaluation of any schedule."
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning_fixtures import TinyClassifier, loader, random_data
 
-from dave_lightning import DAVEMonitor
+from dave_lightning import DAVE, DAVEMonitor
 from dave_lightning.snapshot import list_snapshots, load_snapshot
 
 FAST = {"n_samples": 2, "deletion_steps": 4, "max_images": 1}
@@ -127,3 +128,120 @@ def test_the_last_evaluation_of_a_step_scheduled_fit_has_the_slow_metrics(
     assert steps == [0, 2, 4]  # step 4 is the fit's last (max_epochs, not max_steps)
     assert not any(key in monitor.history[1]["metrics"] for key in SLOW)
     assert all(key in monitor.history[-1]["metrics"] for key in SLOW)
+
+
+class _WeightsAtStart(pl.Callback):
+    """Placed before the monitor: a copy of the module's weights as its step-0 evaluation sees
+    them."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def test_bf16_true_maps_are_dave_on_a_float32_copy_of_the_bf16_weights(tmp_path: Path) -> None:
+    """The monitor attributes bf16 weights through exact float32 copies: its maps must be
+    those of the public DAVE, with the monitor's settings, on a float32 model holding the
+    same values, bit for bit (the same float32 operations in the same order)."""
+    if not cpu_supports(torch.bfloat16):
+        pytest.skip("this CPU's torch has no bfloat16 matmul")
+    module, start = SGDClassifier(), _WeightsAtStart()
+    monitor = DAVEMonitor(random_data(6), metrics=("gini",), on_error="raise", **FAST)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pl.seed_everything(0, verbose=False)
+        pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            precision="bf16-true",
+            callbacks=[start, monitor],
+            logger=False,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        ).fit(module, loader(16))
+        records = [load_snapshot(path) for path in list_snapshots(monitor.snapshot_dir)]
+        assert [record["global_step"] for record in records] == [0, 2]
+        assert not torch.equal(records[0]["maps"], records[1]["maps"])  # training moved them
+        for record, state in zip(records, (start.state, module.state_dict()), strict=True):
+            assert all(value.dtype == torch.bfloat16 for value in state.values())
+            float32 = TinyClassifier().eval()
+            float32.load_state_dict({name: value.float() for name, value in state.items()})
+            dave = DAVE(float32, n_samples=FAST["n_samples"], noise_alpha=0.5, seed=0)
+            expected = dave.attribute(monitor.probe.images, monitor.probe.labels)
+            assert torch.equal(record["maps"], expected), record["global_step"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+SLOW_KEYS = {
+    "stability_pearson",
+    "stability_spearman",
+    "stability_topk_iou",
+    "grid_pg",
+    "deletion_lerf_blur",
+    "deletion_morf_blur",
+    "deletion_random_blur",
+}
+DELETION_CURVES = {
+    "dave/deletion_lerf_blur",
+    "dave/deletion_morf_blur",
+    "dave/deletion_random_blur",
+    "input_x_gradient/deletion_lerf_blur",
+    "input_x_gradient/deletion_morf_blur",
+}
+
+
+class _StopAtStep(pl.Callback):
+    """Placed after the monitor: stops the fit after ``step``'s batch, mid-epoch, once the
+    monitor's evaluation of that step has run (it could not know it was the last)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+@pytest.mark.parametrize(
+    ("schedule", "stop"),
+    [
+        ({"every_n_epochs": 0}, None),  # the last evaluation is at_end's own
+        ({"every_n_epochs": None, "every_n_train_steps": 1}, 1),  # at_end completes step 1's
+    ],
+    ids=["at_end_evaluates", "at_end_completes"],
+)
+def test_the_end_of_fit_evaluation_has_every_slow_metric_and_curve(
+    tmp_path: Path, schedule: dict, stop: int | None
+) -> None:
+    """Default metrics and masks, ``slow_metrics_every=5``: only the first and the last
+    evaluation compute stability, grid_pg and deletion."""
+    monitor = DAVEMonitor(random_data(6), slow_metrics_every=5, **schedule, **FAST)
+    callbacks = [monitor] if stop is None else [monitor, _StopAtStep(stop)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pl.seed_everything(0, verbose=False)
+        pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            callbacks=callbacks,
+            logger=False,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        ).fit(TinyClassifier(), loader(16))
+    finally:
+        torch.set_num_threads(threads)
+    last_step = 2 if stop is None else stop
+    assert [h["global_step"] for h in monitor.history] == [0, last_step]
+    records = [load_snapshot(path) for path in list_snapshots(monitor.snapshot_dir)]
+    assert [record["global_step"] for record in records] == [0, last_step]
+    for metrics in (monitor.history[-1]["metrics"], records[-1]["metrics"]):
+        assert set(metrics) >= SLOW_KEYS, SLOW_KEYS - set(metrics)
+        assert "energy_pg" in metrics and "drift_first_spearman" in metrics  # kept, not replaced
+    assert set(records[-1]["curves"]) == DELETION_CURVES

@@ -8,7 +8,9 @@ from tiny_models import timm_vit
 from torch import nn
 
 from dave_lightning import DAVE
-from dave_lightning.attribution.reliability import spearman_brown
+from dave_lightning.attribution.aggregation import SampleAccumulator, robust_mean
+from dave_lightning.attribution.postprocess import postprocess
+from dave_lightning.attribution.reliability import spearman_brown, split_half_reliability
 
 IMAGES = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 TARGET = torch.tensor([0, 1, 2, 3])
@@ -123,3 +125,106 @@ def test_adaptive_sampling_is_deterministic_under_the_seed(model: nn.Module) -> 
 def test_bad_adaptive_settings_are_refused(model: nn.Module, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DAVE(model, **kwargs)
+
+
+# ------------------------------------------------------------------ reliability by definition
+
+
+def reliability_by_hand(half_a: torch.Tensor, half_b: torch.Tensor) -> torch.Tensor:
+    """The definition, computed independently of the package's statistics: SciPy's Spearman
+    of the post-processed half maps, Spearman–Brown corrected (2r / (1 + r))."""
+    from scipy.stats import spearmanr
+
+    maps_a, maps_b = postprocess(half_a).flatten(1), postprocess(half_b).flatten(1)
+    values = []
+    for row_a, row_b in zip(maps_a.double().numpy(), maps_b.double().numpy(), strict=True):
+        r = float(spearmanr(row_a, row_b).statistic)
+        values.append(2 * r / (1 + r))
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def column_ramp(reverse: bool = False) -> torch.Tensor:
+    """(1, 3, 32, 32) contributions growing with the column (rows all alike): post-processing
+    keeps every row alike and the columns in order, so its ranks are the column's."""
+    ramp = (torch.arange(32.0) + 1).flip(0) if reverse else torch.arange(32.0) + 1
+    return ramp.view(1, 1, 1, 32).expand(1, 3, 32, 32).clone()
+
+
+def test_split_half_reliability_of_hand_built_halves() -> None:
+    ramp = column_ramp()
+    permuted = ramp[:, [2, 0, 1]] * 3.0  # the channels are summed; the maps max-normalised
+    cases = {
+        "identical halves: r = 1": (ramp, ramp.clone(), 1.0),
+        "scaled, channels permuted: r = 1": (ramp, permuted, 1.0),
+        "reversed ranks: r = -1": (ramp, column_ramp(reverse=True), -1.0),
+        "ranks by column vs by row: r = 0": (ramp, ramp.transpose(-1, -2).contiguous(), 0.0),
+    }
+    for name, (half_a, half_b, expected) in cases.items():
+        reliability = split_half_reliability(half_a, half_b)
+        torch.testing.assert_close(reliability, torch.tensor([expected]), msg=name)
+    # random halves: every pixel's rank matters, 0 < r < 1 where 2r / (1 + r) differs from r
+    generator = torch.Generator().manual_seed(0)
+    half_a = torch.randn(3, 3, 32, 32, generator=generator)
+    half_b = half_a + torch.randn(3, 3, 32, 32, generator=generator) * torch.tensor(
+        [0.5, 1.0, 2.0]
+    ).view(3, 1, 1, 1)
+    expected = reliability_by_hand(half_a, half_b)
+    assert ((expected > 0.2) & (expected < 0.95)).all(), expected
+    torch.testing.assert_close(split_half_reliability(half_a, half_b), expected, atol=1e-6, rtol=0)
+
+
+def test_reported_reliability_is_the_definition_on_the_engines_own_half_maps(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sample the engine adds to an image's accumulator is recorded; the reliability it
+    reports must be the definition applied to the robust means of the even and odd samples."""
+    recorded: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per accumulator fed samples
+    add = SampleAccumulator.add
+
+    def recording_add(self: SampleAccumulator, samples: torch.Tensor, halves: torch.Tensor) -> None:
+        if not hasattr(self, "recorded"):
+            self.recorded = []
+            recorded.append(self.recorded)
+        self.recorded.append((samples.clone(), halves.clone()))
+        return add(self, samples, halves)
+
+    monkeypatch.setattr(SampleAccumulator, "add", recording_add)
+    n = 12
+    maps, reliability = DAVE(model, n_samples=n, batch_size=5, seed=3).attribute(
+        IMAGES, TARGET, return_reliability=True
+    )
+    assert len(recorded) == len(IMAGES)  # one accumulator per image, in image order
+    half_a, half_b, full = [], [], []
+    for blocks in recorded:
+        samples, halves = torch.cat([s for s, _ in blocks]), torch.cat([h for _, h in blocks])
+        assert torch.equal(halves, torch.arange(n) % 2)  # even- and odd-numbered samples
+        half_a.append(robust_mean(samples[halves == 0]))
+        half_b.append(robust_mean(samples[halves == 1]))
+        full.append(robust_mean(samples))
+    # the recorded samples are all the engine used: they give its maps
+    torch.testing.assert_close(postprocess(torch.stack(full)), maps, atol=1e-5, rtol=0)
+    expected = reliability_by_hand(torch.stack(half_a), torch.stack(half_b))
+    assert ((expected > 0.0) & (expected < 0.99)).all(), expected
+    torch.testing.assert_close(reliability, expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ adaptive sampling's cap
+
+
+@pytest.mark.parametrize(("max_samples", "rounds"), [(20, [8, 7, 5]), (40, [8, 7, 14, 11])])
+def test_adaptive_sampling_stops_exactly_at_a_cap_its_schedule_does_not_land_on(
+    model: nn.Module, max_samples: int, rounds: list[int]
+) -> None:
+    """Rounds add drawn − 1 samples per image (8 → 15 → 29 → 57); the last is cut to the cap.
+
+    Each round is one forward pass here (``batch_size`` holds a whole round), so the passes'
+    sizes are the rounds' sample counts times the two images.
+    """
+    seen = count_items(model)
+    dave = DAVE(
+        model, n_samples=8, target_reliability=1.0, max_samples=max_samples, batch_size=1000
+    )
+    _, reliability = dave.attribute(IMAGES[:2], TARGET[:2], return_reliability=True)
+    assert (reliability < 1).all()  # the target is never reached
+    assert seen == [2 * count for count in rounds]
+    assert sum(seen) == 2 * max_samples  # both images draw exactly the cap, not a sample more

@@ -7,17 +7,20 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from cli_fixtures import run_cli, write_images
 from hf_models import NUM_LABELS, hf_model, zero_hf_offsets
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from tiny_models import randomize
 from torch.utils.data import DataLoader, Dataset
 
-from dave_lightning import DAVE, DAVEMonitor, effective_mode
+from dave_lightning import DAVE, DAVEMonitor, effective_mode, viz
 from dave_lightning.models import ModelAdapter
+from dave_lightning.snapshot import list_snapshots, load_snapshot
 
 
 @pytest.mark.parametrize("name", ["vit", "deit_teacher", "beit", "swin", "dinov2"])
@@ -185,3 +188,72 @@ def test_explain_an_hf_model_directory(hf_directories: list[Path], tmp_path: Pat
     assert record["maps"].shape == (2, 1, 32, 32)
     assert record["settings"]["mean"] == [0.5, 0.5, 0.5]  # from preprocessor_config.json
     assert (tmp_path / "out" / "000_shape_0.png").is_file()
+
+
+# Per-channel values where mean and std differ, so that swapping them shows.
+PROCESSOR_MEAN, PROCESSOR_STD = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+
+
+def test_an_image_processors_mean_and_std_normalise_the_monitors_pictures(
+    tmp_path: Path,
+) -> None:
+    """The probe panel's first tile is the picture the probe was normalised from."""
+    from transformers import ViTImageProcessor
+
+    processor = ViTImageProcessor(image_mean=list(PROCESSOR_MEAN), image_std=list(PROCESSOR_STD))
+    pictures = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    mean = torch.tensor(PROCESSOR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PROCESSOR_STD).view(1, 3, 1, 1)
+    probe = ((pictures - mean) / std, torch.tensor([0, 1]))
+    monitor = DAVEMonitor(
+        probe,
+        image_processor=processor,
+        n_samples=2,
+        metrics=("gini",),
+        max_images=1,
+        every_n_epochs=0,
+        at_end=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pl.seed_everything(0, verbose=False)
+        pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=1,
+            callbacks=[monitor],
+            logger=False,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        ).fit(HFModule(), DataLoader(DictImages(8, 0), batch_size=8))
+    finally:
+        torch.set_num_threads(threads)
+    (path,) = list_snapshots(monitor.snapshot_dir)
+    settings = load_snapshot(path)["settings"]
+    assert settings["mean"] == pytest.approx(PROCESSOR_MEAN)
+    assert settings["std"] == pytest.approx(PROCESSOR_STD)
+    panel = np.array(
+        Image.open(monitor.snapshot_dir / "png" / "step_00000000" / "dave_probe_0.png")
+    )
+    # the panel: a 20-pixel title row, then 2-pixel white padding and the tiles, each 32-pixel
+    # picture enlarged 4× (nearest) to 128 pixels; the inner part leaves out any red frame
+    tile = torch.from_numpy(panel).permute(2, 0, 1)[:, 22:150, 2:130]
+    picture = pictures[0].repeat_interleave(4, -2).repeat_interleave(4, -1)
+    assert torch.equal(tile[:, 3:-3, 3:-3], viz.to_uint8(picture)[:, 3:-3, 3:-3])
+
+
+def test_the_hf_family_reads_mean_and_std_from_the_saved_image_processor(
+    tmp_path: Path,
+) -> None:
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    hf_model("vit").save_pretrained(tmp_path)
+    ViTImageProcessor(
+        image_mean=list(PROCESSOR_MEAN), image_std=list(PROCESSOR_STD)
+    ).save_pretrained(tmp_path)
+    model = ViTForImageClassification.from_pretrained(tmp_path)
+    mean, std = ModelAdapter(model).normalization()
+    assert mean == pytest.approx(PROCESSOR_MEAN) and std == pytest.approx(PROCESSOR_STD)
+    assert ModelAdapter(hf_model("vit")).normalization() != (mean, std)  # none saved: the default
