@@ -1,0 +1,1 @@
+"""Low-level tools every layer uses: the statistics of probe means (``uncertainty``)."""
