@@ -20,7 +20,7 @@ from lightning_fixtures import TinyClassifier, loader, random_data
 
 from dave_lightning import DAVEMonitor
 from dave_lightning.compare import Comparison, Entry, compare_snapshots, drift_figure, write_report
-from dave_lightning.core.uncertainty import mean_interval
+from dave_lightning.core.uncertainty import mean_interval, paired_difference
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.metrics import drift_matrix
 from dave_lightning.snapshot import load_evaluation
@@ -114,22 +114,35 @@ def test_identical_evaluations_are_not_significant(tmp_path: Path) -> None:
 
 
 def test_planted_shift_is_significant_and_starred(tmp_path: Path) -> None:
-    """#2 raises every image's energy_pg by 0.1; the other metrics and #0 → #1 do not change."""
+    """#2 raises every image's energy_pg by 0.1 and #3 repeats #2; nothing else changes.
+
+    The star marks the change from the previous evaluation: #2, not #3 (which differs from #0
+    only)."""
     values = base_values()
     shifted = {**values, "energy_pg": values["energy_pg"] + 0.1}
-    evaluations = [evaluation(values, 0), evaluation(dict(values), 1), evaluation(shifted, 2)]
+    evaluations = [
+        evaluation(values, 0),
+        evaluation(dict(values), 1),
+        evaluation(shifted, 2),
+        evaluation(dict(shifted), 3),
+    ]
     write_report(comparison(evaluations), tmp_path)
     rows = read_rows(tmp_path)
     pairs = list(dict.fromkeys((row["evaluation_a"], row["evaluation_b"]) for row in rows))
-    assert pairs == [("#0", "#1"), ("#0", "#2"), ("#1", "#2")]  # #1's first is its previous
+    # #1's first evaluation is its previous one: one row per metric
+    assert pairs == [("#0", "#1"), ("#0", "#2"), ("#1", "#2"), ("#0", "#3"), ("#2", "#3")]
     significant = {
         (r["metric"], r["evaluation_a"], r["evaluation_b"])
         for r in rows
         if r["significant"] == "True"
     }
-    assert significant == {("energy_pg", "#0", "#2"), ("energy_pg", "#1", "#2")}
+    assert significant == {
+        ("energy_pg", "#0", "#2"),
+        ("energy_pg", "#1", "#2"),
+        ("energy_pg", "#0", "#3"),
+    }
     for row in rows:
-        if row["metric"] == "energy_pg" and row["evaluation_b"] == "#2":
+        if (row["metric"], row["evaluation_b"]) == ("energy_pg", "#2"):
             # every difference is positive: 2 of the 2**16 sign patterns reach the sum
             assert float(row["p_value"]) == pytest.approx(2 / 2**16, rel=1e-5)
             assert float(row["difference"]) == pytest.approx(0.1, rel=1e-5)
@@ -143,6 +156,22 @@ def test_planted_shift_is_significant_and_starred(tmp_path: Path) -> None:
         "`*`: significantly different from the previous evaluation"
         in (tmp_path / "metrics.md").read_text()
     )
+
+
+def test_the_engine_seed_seeds_the_drawn_sign_patterns(tmp_path: Path) -> None:
+    """30 grid cells: more than are counted exactly, so the engine seed picks the draws."""
+    generator = torch.Generator().manual_seed(4)
+    first, second = torch.rand(30, generator=generator), torch.rand(30, generator=generator)
+    for seed in (0, 1):
+        compared = comparison(
+            [evaluation({"grid_pg": first}, 0), evaluation({"grid_pg": second}, 1)]
+        )
+        compared.settings["engine"]["seed"] = seed
+        write_report(compared, tmp_path / str(seed))
+        row = read_rows(tmp_path / str(seed))[0]
+        expected = paired_difference(first, second, seed=seed).p_value
+        assert float(row["p_value"]) == pytest.approx(expected, rel=1e-5)
+    assert paired_difference(first, second, seed=0) != paired_difference(first, second, seed=1)
 
 
 def test_holm_decides_across_the_metrics_of_a_pair(tmp_path: Path) -> None:
