@@ -92,6 +92,8 @@ def test_equal_values_give_zero_width() -> None:
         values = torch.full((16,), value, dtype=torch.float64)
         assert mean_interval(values) == (value, value)
         assert mean_interval(values.float()) == (float(values.float()[0]),) * 2
+    # the float64 mean of nineteen 0.1s is 0.09999999999999999: it must not leave the range
+    assert mean_interval([0.1] * 19) == (0.1, 0.1)
 
 
 def test_non_finite_values_are_left_out() -> None:
