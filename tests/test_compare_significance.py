@@ -266,6 +266,8 @@ def test_drift_is_shown_against_map_reliability(tmp_path: Path) -> None:
     assert [patch.get_width() for patch in bars.patches] == pytest.approx([0.9, -0.2, 0.0])
     assert [text.get_text() for text in bars.texts] == ["0.90", "-0.20", "n/a"]
     assert [t.get_text() for t in bars.get_yticklabels()] == ["#0", "#1", "#2"]
+    with pytest.raises(ValueError, match=r"one value per evaluation \(3\), got 2"):
+        drift_figure(comparison(evaluations).drift, reliability[:2])
 
 
 def test_cli_compare_of_a_monitored_fit_writes_significance(

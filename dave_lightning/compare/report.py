@@ -232,7 +232,7 @@ def _metric_legend(comparison: Comparison, names: Sequence[str]) -> list[str]:
     """What the ``±`` and ``*`` mean, and why some values have neither."""
     lines = [
         f"Each value is the probe mean ± the half-width of its {CONFIDENCE:.0%} Student-t "
-        "interval over the probe images (grid cells for `grid_pg`); `+up/−down` where the "
+        "interval over the probe images (grid cells for the grid metrics); `+up/−down` where the "
         "interval was cut at the observed range of the values; a bare value where fewer than "
         "two items had a value.",
         f"`*`: significantly different from the previous evaluation (paired sign-flip test over "
@@ -320,13 +320,17 @@ def drift_figure(
     the drift a reseeded run of the same model would show, the noise to read the drift against.
     """
     count = next(iter(drift.values())).shape[0]
+    if reliability is not None and len(reliability) != count:
+        raise ValueError(
+            f"reliability must hold one value per evaluation ({count}), got {len(reliability)}"
+        )
     ticks = [f"#{i}" for i in range(count)]
     side = max(3.5, 0.45 * count + 1.5)
     columns = len(drift) + (reliability is not None)
     ratios = [1.0] * len(drift) + [0.6] * (reliability is not None)
     figure = Figure(figsize=(side * sum(ratios) + 1, side), layout="constrained")
-    row = figure.subplots(1, columns, squeeze=False, width_ratios=ratios)[0]
-    for axes, (name, matrix) in zip(row, drift.items(), strict=False):
+    panels_row = figure.subplots(1, columns, squeeze=False, width_ratios=ratios)[0]
+    for axes, (name, matrix) in zip(panels_row, drift.items(), strict=False):
         low = -1.0 if name == "spearman" else 0.0
         image = axes.imshow(matrix.numpy(), vmin=low, vmax=1.0, cmap="viridis")
         axes.set_title(f"Drift: {DRIFT_TITLES[name]}")
@@ -336,12 +340,12 @@ def drift_figure(
         figure.colorbar(image, ax=axes, shrink=0.8)
         if count > MAX_ANNOTATED:
             continue
-        for row_index, values in enumerate(matrix.tolist()):
+        for row, values in enumerate(matrix.tolist()):
             for column, value in enumerate(values):
                 colour = "black" if value > (low + 1.0) / 2 else "white"
-                axes.text(column, row_index, f"{value:.2f}", ha="center", va="center", color=colour)
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", color=colour)
     if reliability is not None:
-        _reliability_bars(row[-1], reliability, ticks)
+        _reliability_bars(panels_row[-1], reliability, ticks)
     return figure
 
 
