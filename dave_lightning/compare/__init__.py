@@ -1,6 +1,7 @@
 """Compare attribution maps across evaluations: DAVEMonitor snapshots or Lightning checkpoints.
 
 :mod:`~dave_lightning.compare.sources` finds and evaluates what is compared;
+:mod:`~dave_lightning.compare.significance` gives the metrics' intervals and paired tests;
 :mod:`~dave_lightning.compare.report` writes the report (docs/cli.md).
 """
 
@@ -14,6 +15,13 @@ from dave_lightning.compare.report import (
     write_report,
     write_tensorboard,
 )
+from dave_lightning.compare.significance import (
+    PairTest,
+    evaluation_pairs,
+    metric_intervals,
+    significance_tests,
+    write_significance,
+)
 from dave_lightning.compare.sources import (
     Comparison,
     Entry,
@@ -25,15 +33,20 @@ from dave_lightning.compare.sources import (
 __all__ = [
     "Comparison",
     "Entry",
+    "PairTest",
     "compare_checkpoints",
     "compare_snapshots",
     "comparison_panels",
     "drift_figure",
+    "evaluation_pairs",
     "find_snapshots",
     "markdown_report",
+    "metric_intervals",
+    "significance_tests",
     "write_drift",
     "write_map_panels",
     "write_metrics",
     "write_report",
+    "write_significance",
     "write_tensorboard",
 ]

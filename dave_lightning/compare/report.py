@@ -1,7 +1,8 @@
-"""The comparison report: per-image panels, metric tables, drift matrices, a TensorBoard run.
+"""The comparison report: per-image panels, metric tables with intervals and significance
+tests, drift matrices, a TensorBoard run.
 
 Evaluations are numbered ``#0``, ``#1``, … in the order of ``metrics.md``'s table; the panels'
-columns and the drift heatmap's ticks use those numbers.
+columns, ``significance.csv`` and the drift heatmap's ticks use those numbers.
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from dave_lightning import panels, viz
+from dave_lightning.compare.significance import (
+    ALPHA,
+    PairTest,
+    comparison_confidence,
+    metric_intervals,
+    significance_tests,
+    unpaired,
+    write_significance,
+)
 from dave_lightning.compare.sources import Comparison
 from dave_lightning.core.errors import UsageError
 from dave_lightning.sinks import TensorBoardSink
@@ -95,18 +106,27 @@ def metric_names(comparison: Comparison) -> list[str]:
 
 
 def write_metrics(comparison: Comparison, out: Path) -> list[Path]:
-    """``metrics.csv`` (a row per evaluation), ``metrics.md`` and ``metrics.json``."""
+    """``metrics.csv`` (a row per evaluation: each metric, then its interval's ``_low`` and
+    ``_high``), ``metrics.md``, ``metrics.json`` and ``significance.csv``."""
     names = metric_names(comparison)
+    intervals = metric_intervals(comparison, names)
+    tests = significance_tests(comparison, names)
     csv_path, md_path, json_path = out / "metrics.csv", out / "metrics.md", out / "metrics.json"
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["evaluation", "source", "epoch", "global_step", *names])
-        for e in comparison.entries:
-            values = [_number(e.evaluation.metrics.get(name, math.nan)) for name in names]
+        columns = [f"{name}{suffix}" for name in names for suffix in ("", "_low", "_high")]
+        writer.writerow(["evaluation", "source", "epoch", "global_step", *columns])
+        for e, bounds in zip(comparison.entries, intervals, strict=True):
+            values = []
+            for name in names:
+                low, high = bounds[name] or (math.nan, math.nan)
+                values += [
+                    _number(v) for v in (e.evaluation.metrics.get(name, math.nan), low, high)
+                ]
             writer.writerow(
                 [e.label, e.source, e.evaluation.epoch, e.evaluation.global_step, *values]
             )
-    md_path.write_text(markdown_report(comparison, names))
+    md_path.write_text(markdown_report(comparison, names, intervals, tests))
     record = {
         "evaluations": [
             {
@@ -117,11 +137,13 @@ def write_metrics(comparison: Comparison, out: Path) -> list[Path]:
                 "epoch": e.evaluation.epoch,
                 "global_step": e.evaluation.global_step,
                 "metrics": {k: _json_number(v) for k, v in e.evaluation.metrics.items()},
+                "intervals": {k: None if v is None else [v[0], v[1]] for k, v in bounds.items()},
                 "targets": e.evaluation.targets.tolist(),
                 "predictions": e.evaluation.predictions.tolist(),
             }
-            for number, e in enumerate(comparison.entries)
+            for number, (e, bounds) in enumerate(zip(comparison.entries, intervals, strict=True))
         ],
+        "interval_confidence": comparison_confidence(comparison),
         "drift": {
             name: [[_json_number(v) for v in row] for row in matrix.tolist()]
             for name, matrix in comparison.drift.items()
@@ -129,11 +151,17 @@ def write_metrics(comparison: Comparison, out: Path) -> list[Path]:
         "settings": comparison.settings,
     }
     json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return [csv_path, md_path, json_path]
+    return [csv_path, md_path, json_path, write_significance(tests, out / "significance.csv")]
 
 
-def markdown_report(comparison: Comparison, names: Sequence[str]) -> str:
-    """The evaluations, a metric-by-evaluation table and the drift matrices, in Markdown."""
+def markdown_report(
+    comparison: Comparison,
+    names: Sequence[str],
+    intervals: Sequence[Mapping[str, tuple[float, float] | None]],
+    tests: Sequence[PairTest],
+) -> str:
+    """The evaluations, a metric-by-evaluation table with intervals and significance marks,
+    the drift matrices and the maps' reliability, in Markdown."""
     numbers = [f"#{i}" for i in range(len(comparison.entries))]
     settings = comparison.settings
     lines = [
@@ -157,32 +185,116 @@ def markdown_report(comparison: Comparison, names: Sequence[str]) -> str:
         "",
         "## Metrics",
         "",
-        *_markdown_table("metric", numbers, names, _rows(comparison, names)),
+        *_markdown_table(
+            "metric", numbers, names, _metric_cells(comparison, names, intervals, tests)
+        ),
+        "",
+        *_metric_legend(comparison, names),
     ]
     for name, matrix in comparison.drift.items():
         lines += ["", f"## Drift ({DRIFT_TITLES[name]}, mean over the probe)", ""]
-        lines += _markdown_table("", numbers, numbers, matrix.tolist())
+        lines += _markdown_table(
+            "", numbers, numbers, [[f"{v:.4f}" for v in row] for row in matrix.tolist()]
+        )
+    lines += ["", *_reliability_section(comparison, numbers, intervals)]
     return "\n".join(lines) + "\n"
 
 
-def _rows(comparison: Comparison, names: Sequence[str]) -> list[list[float]]:
-    return [[e.evaluation.metrics.get(n, math.nan) for e in comparison.entries] for n in names]
+def _metric_cells(
+    comparison: Comparison,
+    names: Sequence[str],
+    intervals: Sequence[Mapping[str, tuple[float, float] | None]],
+    tests: Sequence[PairTest],
+) -> list[list[str]]:
+    """``value ± half-width`` (``+up/−down`` where the interval was cut at the observed range),
+    ``*`` where the change from the previous evaluation is significant."""
+    starred = {(t.metric, t.b) for t in tests if t.significant and t.a == t.b - 1}
+    return [
+        [
+            _with_interval(e.evaluation.metrics.get(name, math.nan), bounds[name])
+            + ("*" if (name, index) in starred else "")
+            for index, (e, bounds) in enumerate(zip(comparison.entries, intervals, strict=True))
+        ]
+        for name in names
+    ]
+
+
+def _with_interval(value: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{value:.4f}"
+    up, down = interval[1] - value, value - interval[0]
+    if math.isclose(up, down, rel_tol=1e-4, abs_tol=1e-6):
+        return f"{value:.4f} ± {(up + down) / 2:.4f}"
+    return f"{value:.4f} +{up:.4f}/−{down:.4f}"
+
+
+def _metric_legend(comparison: Comparison, names: Sequence[str]) -> list[str]:
+    """What the ``±`` and ``*`` mean, and why some values have neither."""
+    lines = [
+        f"Each value is the probe mean ± the half-width of its "
+        f"{comparison_confidence(comparison):.0%} Student-t "
+        "interval over the probe images (grid cells for the grid metrics); `+up/−down` where the "
+        "interval was cut at the observed range of the values; a bare value where fewer than "
+        "two items had a value.",
+        f"`*`: significantly different from the previous evaluation (paired sign-flip test over "
+        f"the same items, Holm-corrected across the metrics of the pair at α = {ALPHA}); every "
+        "test, also against #0, is in `significance.csv`.",
+    ]
+    without = [f"#{i}" for i, e in enumerate(comparison.entries) if not e.evaluation.values]
+    if without:
+        lines.append(
+            f"No intervals and no tests for {', '.join(without)}: they carry no per-item values "
+            "(snapshots written before dave-lightning kept them), only the probe means."
+        )
+    mismatched = unpaired(comparison, names)
+    if mismatched:
+        lines.append(
+            "Not tested, the two evaluations hold different numbers of items (e.g. grids of "
+            f"another `grid_k`): {', '.join(mismatched)}."
+        )
+    return lines
+
+
+def _reliability_section(
+    comparison: Comparison,
+    numbers: Sequence[str],
+    intervals: Sequence[Mapping[str, tuple[float, float] | None]],
+) -> list[str]:
+    """The maps' own noise level, to read the drift against: the mean map reliability."""
+    cells = [
+        _with_interval(
+            e.evaluation.metrics.get("map_reliability", math.nan), bounds.get("map_reliability")
+        )
+        for e, bounds in zip(comparison.entries, intervals, strict=True)
+    ]
+    return [
+        "## Drift against the maps' sampling noise",
+        "",
+        "`map_reliability` (the mean split-half Spearman–Brown reliability of each evaluation's "
+        "DAVE maps) estimates the Spearman agreement of two runs of the same model with "
+        "different seeds; `drift.png` shows it beside the heatmaps. A drift Spearman between "
+        "two evaluations well below their reliability (by more than about 0.1) is a change of "
+        "the explanation beyond sampling noise; `nan`: not recorded.",
+        "",
+        *_markdown_table("", numbers, ["map reliability"], [cells]),
+    ]
 
 
 def _markdown_table(
-    corner: str, columns: Sequence[str], rows: Sequence[str], values: Sequence[Sequence[float]]
+    corner: str, columns: Sequence[str], rows: Sequence[str], cells: Sequence[Sequence[str]]
 ) -> list[str]:
     lines = [
         "| " + " | ".join([corner, *columns]) + " |",
         "| " + " | ".join(["---"] * (len(columns) + 1)) + " |",
     ]
-    for name, row in zip(rows, values, strict=True):
-        lines.append("| " + " | ".join([name, *(f"{v:.4f}" for v in row)]) + " |")
+    for name, row in zip(rows, cells, strict=True):
+        lines.append("| " + " | ".join([name, *row]) + " |")
     return lines
 
 
 def write_drift(comparison: Comparison, out: Path) -> list[Path]:
-    """``drift_<statistic>.csv`` matrices and the ``drift.png`` heatmaps."""
+    """``drift_<statistic>.csv`` matrices and ``drift.png``: the heatmaps beside the maps'
+    reliability."""
     labels = [e.label for e in comparison.entries]
     paths = []
     for name, matrix in comparison.drift.items():
@@ -194,19 +306,32 @@ def write_drift(comparison: Comparison, out: Path) -> list[Path]:
                 writer.writerow([label, *(_number(v) for v in row)])
         paths.append(path)
     path = out / "drift.png"
-    drift_figure(comparison.drift).savefig(path, dpi=100)
+    reliability = [
+        e.evaluation.metrics.get("map_reliability", math.nan) for e in comparison.entries
+    ]
+    drift_figure(comparison.drift, reliability).savefig(path, dpi=100)
     return [*paths, path]
 
 
-def drift_figure(drift: Mapping[str, torch.Tensor]) -> Figure:
-    """Side-by-side heatmaps of the drift matrices, ticks ``#i``, numbers printed when they fit."""
+def drift_figure(
+    drift: Mapping[str, torch.Tensor], reliability: Sequence[float] | None = None
+) -> Figure:
+    """Side-by-side heatmaps of the drift matrices, ticks ``#i``, numbers printed when they fit;
+    then, given each evaluation's mean map ``reliability`` (NaN: unknown), a bar per evaluation:
+    the drift a reseeded run of the same model would show, the noise to read the drift against.
+    """
     count = next(iter(drift.values())).shape[0]
+    if reliability is not None and len(reliability) != count:
+        raise ValueError(
+            f"reliability must hold one value per evaluation ({count}), got {len(reliability)}"
+        )
     ticks = [f"#{i}" for i in range(count)]
     side = max(3.5, 0.45 * count + 1.5)
-    figure = Figure(figsize=(side * len(drift) + 1, side), layout="constrained")
-    for axes, (name, matrix) in zip(
-        figure.subplots(1, len(drift), squeeze=False)[0], drift.items(), strict=True
-    ):
+    columns = len(drift) + (reliability is not None)
+    ratios = [1.0] * len(drift) + [0.6] * (reliability is not None)
+    figure = Figure(figsize=(side * sum(ratios) + 1, side), layout="constrained")
+    panels_row = figure.subplots(1, columns, squeeze=False, width_ratios=ratios)[0]
+    for axes, (name, matrix) in zip(panels_row, drift.items(), strict=False):
         low = -1.0 if name == "spearman" else 0.0
         image = axes.imshow(matrix.numpy(), vmin=low, vmax=1.0, cmap="viridis")
         axes.set_title(f"Drift: {DRIFT_TITLES[name]}")
@@ -220,7 +345,24 @@ def drift_figure(drift: Mapping[str, torch.Tensor]) -> Figure:
             for column, value in enumerate(values):
                 colour = "black" if value > (low + 1.0) / 2 else "white"
                 axes.text(column, row, f"{value:.2f}", ha="center", va="center", color=colour)
+    if reliability is not None:
+        _reliability_bars(panels_row[-1], reliability, ticks)
     return figure
+
+
+def _reliability_bars(axes: Axes, reliability: Sequence[float], ticks: Sequence[str]) -> None:
+    """One horizontal bar per evaluation, rows aligned with the heatmaps' rows."""
+    known = [value if math.isfinite(value) else 0.0 for value in reliability]
+    axes.barh(range(len(ticks)), known, color="tab:gray")
+    axes.set_yticks(range(len(ticks)), ticks)
+    axes.set_ylim(len(ticks) - 0.5, -0.5)
+    axes.set_xlim(min(0.0, *known), 1.15)  # room for the numbers
+    axes.set(title="Map reliability\n(reseeded agreement)", xlabel="Spearman")
+    if len(ticks) > MAX_ANNOTATED:
+        return
+    for index, (value, length) in enumerate(zip(reliability, known, strict=True)):
+        text = f"{value:.2f}" if math.isfinite(value) else "n/a"
+        axes.text(max(length, 0.0) + 0.02, index, text, va="center")
 
 
 def write_tensorboard(comparison: Comparison, directory: Path, *, progress: bool = False) -> None:
