@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from dave_lightning import viz
 from dave_lightning.attribution import DAVESettings
+from dave_lightning.attribution.settings import MONITOR_ENGINE
 from dave_lightning.checkpoints import load_model
 from dave_lightning.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
-from dave_lightning.images import load_probe
+from dave_lightning.images import check_probe_source, load_probe
 from dave_lightning.metrics import drift_matrix
 from dave_lightning.models import ModelAdapter
 from dave_lightning.probe import Probe
@@ -194,22 +195,27 @@ def compare_checkpoints(
 
     Checkpoints are Lightning checkpoints of ``module`` (the LightningModule class or
     ``"pkg.mod:Class"``) or HuggingFace model directories (``save_pretrained``); ``probe`` is
-    ``"synthetic"``,
-    an ImageFolder-style directory (``masks``: PNG masks at the same relative paths) or a
-    :class:`Probe` (normalised with ``mean``/``std``); ``engine`` holds DAVE's settings and
-    ``options`` the metrics and compared methods. Checkpoints that need full unpickling are
-    refused unless ``trust``.
+    ``"synthetic"`` or an ImageFolder-style directory (``masks``: PNG masks at the same relative
+    paths), normalised with ``mean``/``std`` (default: the first model's own, else ImageNet's),
+    or a :class:`Probe` normalised so. ``engine`` holds DAVE's settings (default, and for the
+    settings a mapping leaves out: the monitor's, ``MONITOR_ENGINE``, so that the numbers match
+    a monitor's) and ``options`` the metrics and compared methods. Checkpoints that need full
+    unpickling are refused unless ``trust``.
     """
-    engine = engine if isinstance(engine, DAVESettings) else DAVESettings(**dict(engine or {}))
+    if not isinstance(engine, DAVESettings):
+        engine = replace(MONITOR_ENGINE, **dict(engine or {}))
     options = options or EvaluationOptions()
     paths = [Path(p) for p in checkpoints]
     for path in paths:
         if not path.exists():
             raise UsageError(f"{path}: no such checkpoint file or directory; check the path")
+    if not isinstance(probe, Probe):
+        check_probe_source(probe, masks)
     run_dirs = [path.resolve().parent for path in paths]
     names = _run_names(run_dirs)
     evaluator: ProbeEvaluator | None = None
     images01 = None
+    settings: dict[str, Any] = {}
     entries: list[Entry] = []
     bar = tqdm(paths, desc="evaluating checkpoints", disable=None if progress else True)
     for path, run_dir in zip(bar, run_dirs, strict=True):
@@ -221,6 +227,7 @@ def compare_checkpoints(
             )
             images01 = viz.denormalize(probe_set.images, *normal)
             evaluator = ProbeEvaluator(probe_set, engine, options)
+            settings = {**evaluator.settings(), "mean": list(normal[0]), "std": list(normal[1])}
         references = {}
         if entries:
             references = {
@@ -229,14 +236,14 @@ def compare_checkpoints(
             }
         evaluation = evaluator.evaluate(model, references=references)
         evaluation.epoch, evaluation.global_step = info["epoch"], info["global_step"]
-        evaluation.settings = evaluator.settings()
+        evaluation.settings = dict(settings)
         entries.append(
             Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
         )
     return Comparison(
         entries=entries,
         drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
-        settings=evaluator.settings(),
+        settings=settings,
         images01=images01,
     )
 
