@@ -20,7 +20,7 @@ import argparse
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,6 +29,7 @@ from dave_lightning.errors import UsageError, describe
 
 if TYPE_CHECKING:
     from dave_lightning.attribution import DAVESettings
+    from dave_lightning.compare import Comparison
     from dave_lightning.evaluation import EvaluationOptions
 
 PROG = "dave-lightning"
@@ -133,31 +134,10 @@ FLAGS = {
     "std": "--std",
 }
 
-#: Settings of the engine and of an evaluation that the command sets, under their flags.
-SETTING_FLAGS = (
-    "n_samples",
-    "noise_alpha",
-    "batch_size",
-    "seed",
-    "metrics",
-    "compare_methods",
-    "target",
-    "grid_k",
-    "deletion_steps",
-    "deletion_baseline",
-)
-
 
 def flag_message(message: str) -> str:
     """A library message with its backticked parameter names replaced by the CLI's flags."""
     return re.sub(r"`([^`]+)`", lambda match: FLAGS.get(match[1], match[0]), message)
-
-
-def settings_message(message: str) -> str:
-    """A ``DAVESettings``/``EvaluationOptions`` message (``deletion_steps must be >= 2``) with
-    its setting names as the flags (``--deletion-steps``)."""
-    names = "|".join(SETTING_FLAGS)
-    return re.sub(rf"\b({names})\b", lambda match: "--" + match[1].replace("_", "-"), message)
 
 
 def _show_warning(
@@ -494,16 +474,13 @@ def run_explain_command(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     from dave_lightning.attribution import DAVESettings
-
-    engine = _engine(args, DAVESettings())
-    from dave_lightning.images import image_files
-
-    files = image_files(args.images)
     from dave_lightning.checkpoints import load_model, load_timm_model
     from dave_lightning.explain import explain_images, write_explanation
-    from dave_lightning.images import preprocessing
+    from dave_lightning.images import image_files, preprocessing
     from dave_lightning.models import ModelAdapter
 
+    engine = _engine(args, DAVESettings())
+    files = image_files(args.images)
     warning = None
     if args.timm_model is not None:
         model = load_timm_model(
@@ -579,8 +556,8 @@ def run_compare_command(args: argparse.Namespace) -> int:
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UsageError(
-                f"{flags}: checkpoint-mode options, for --checkpoints; snapshots need no model "
-                "and hold the maps and metrics their run computed"
+                f"{flags}: for --checkpoints only; snapshots need no model and hold the maps "
+                "and metrics their run computed"
             )
         from dave_lightning.compare import compare_snapshots
 
@@ -602,7 +579,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_checkpoints(args: argparse.Namespace) -> Any:
+def _compare_checkpoints(args: argparse.Namespace) -> Comparison:
     """The comparison of ``--checkpoints``, every option checked before a model is loaded."""
     if args.steps is not None:
         raise UsageError("--steps selects snapshots; with --checkpoints list the files")
@@ -616,7 +593,6 @@ def _compare_checkpoints(args: argparse.Namespace) -> Any:
     # first the module, whose import may register the metrics and methods the options name
     module = None if args.module is None else import_class(args.module)
     options = _evaluation_options(args)
-    optional = {name: getattr(args, name) for name in ("probe", "num_probe")}
     return compare_checkpoints(
         args.checkpoints,
         module,
@@ -629,7 +605,7 @@ def _compare_checkpoints(args: argparse.Namespace) -> Any:
         trust=args.trust_checkpoint,
         device=device,
         progress=not args.quiet,
-        **{name: value for name, value in optional.items() if value is not None},
+        **_given(args, ("probe", "num_probe")),
     )
 
 
@@ -678,10 +654,11 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def _engine(args: argparse.Namespace, defaults: DAVESettings) -> DAVESettings:
     """``defaults`` with the engine options given on the command line."""
+    given = _given(args, [f.name for f in fields(defaults)])
     try:
-        return replace(defaults, **_given(args, [f.name for f in fields(defaults)]))
+        return replace(defaults, **given)
     except (TypeError, ValueError) as error:
-        raise UsageError(settings_message(str(error))) from error
+        raise UsageError(_as_flags(str(error), given)) from error
 
 
 def _evaluation_options(args: argparse.Namespace) -> EvaluationOptions:
@@ -690,10 +667,21 @@ def _evaluation_options(args: argparse.Namespace) -> EvaluationOptions:
     names the user's code added."""
     from dave_lightning.evaluation import EvaluationOptions
 
+    given = _given(args, [f.name for f in fields(EvaluationOptions)])
     try:
-        return EvaluationOptions(**_given(args, [f.name for f in fields(EvaluationOptions)]))
+        return EvaluationOptions(**given)
     except (TypeError, ValueError) as error:
-        raise UsageError(settings_message(str(error))) from error
+        raise UsageError(_as_flags(str(error), given)) from error
+
+
+def _as_flags(message: str, names: Collection[str]) -> str:
+    """A settings error (``deletion_steps must be >= 2``) with the ``names`` of the options
+    given as their flags (``--deletion-steps``)."""
+    return re.sub(
+        r"\w+",
+        lambda word: "--" + word[0].replace("_", "-") if word[0] in names else word[0],
+        message,
+    )
 
 
 if __name__ == "__main__":
