@@ -1,8 +1,10 @@
 """Models from files: Lightning checkpoints, HuggingFace model directories, timm weights.
 
 Files load with ``torch.load(weights_only=True)``, which cannot run code; a file that needs
-full unpickling is refused unless the caller trusts it (``trust=True``). Every problem raises
-:class:`UsageError` with one line naming the problem and the fix.
+full unpickling is refused unless the caller trusts it (``trust=True``). HuggingFace folders
+load with ``trust_remote_code=False``, and a folder that maps a class to its own Python
+(``auto_map``) is refused: no option runs such code. Every problem raises :class:`UsageError`
+with one line naming the problem and the fix.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import importlib
 import json
 import os
 import pickle
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ import torch
 from timm.models import clean_state_dict
 from torch import nn
 
-from dave_lightning.core.errors import UsageError, describe, first_line
+from dave_lightning.core.errors import UsageError, describe, first_line, refused_object
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+#: The files of a HuggingFace folder that loading reads and whose ``auto_map`` would name code.
+HF_CONFIG_FILES = ("config.json", "preprocessor_config.json")
 
 
 def import_class(spec: str) -> type[pl.LightningModule]:
@@ -55,14 +57,13 @@ def import_class(spec: str) -> type[pl.LightningModule]:
 
 
 def _refused(path: Path, kind: str, error: BaseException) -> UsageError:
-    """The error for a file ``weights_only`` loading refused: trust it, or it is unreadable."""
-    needed = _UNSUPPORTED_GLOBAL.search(str(error))
-    if needed is None:
-        return _unreadable(path, kind, error)
+    """The error for a file ``weights_only`` loading refused: it holds a Python object (named
+    when the error names it) whose unpickling could run code."""
+    needed = refused_object(error)
+    holds = "Python objects" if needed is None else f"the Python object {needed}"
     return UsageError(
-        f"{path}: refusing to load; the {kind} holds the Python object {needed.group(1)}, and "
-        "unpickling it could run arbitrary code; pass `trust=True` if you trust where the file "
-        "came from"
+        f"{path}: refusing to load; the {kind} holds {holds}, and unpickling could run "
+        "arbitrary code; pass `trust=True` only if you trust where the file came from"
     )
 
 
@@ -127,6 +128,7 @@ def load_hf_model(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     else None for both.
     """
     directory = Path(directory)
+    _refuse_custom_code(directory)
     try:
         from transformers import AutoModelForImageClassification
     except ImportError as error:
@@ -135,7 +137,9 @@ def load_hf_model(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             "pip install 'dave-lightning[transformers]'"
         ) from error
     try:
-        model = AutoModelForImageClassification.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForImageClassification.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=False
+        )
     except Exception as error:  # a broken directory fails in many ways
         raise UsageError(
             f"{directory}: not a loadable HuggingFace image classifier "
@@ -148,6 +152,31 @@ def load_hf_model(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         values = json.loads(state.read_text())
         info = {"epoch": values.get("epoch"), "global_step": values.get("global_step")}
     return model.eval(), info
+
+
+def _refuse_custom_code(directory: Path) -> None:
+    """Refuse a folder whose config files map a class to Python code (``auto_map``), which
+    transformers would import (after asking on stdin when it cannot load the folder otherwise)."""
+    for name in HF_CONFIG_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UsageError(
+                f"{path}: not readable JSON ({describe(error)}); pass a directory written by "
+                "save_pretrained"
+            ) from error
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if auto_map:
+            classes = ", ".join(sorted(map(str, auto_map)))
+            raise UsageError(
+                f"{path} maps {classes} to custom code (auto_map); custom code is never run "
+                "(trust_remote_code=False): save the model with a class transformers ships "
+                "(save_pretrained of e.g. ViTForImageClassification), or load it in your own "
+                "Python and pass the module to dave_lightning's API"
+            )
 
 
 def load_model(

@@ -4,7 +4,14 @@ A thin layer over the Python API (``dave_lightning.demo``, ``.explain``, ``.comp
 only module that speaks in command-line flags: the library names its parameters in backticks
 (```image_size```), which :func:`flag_message` turns into the flags (``--image-size``). Any
 mistake in the input, argparse's included, ends with exit code 2 and one line on stderr,
-``dave-lightning: error: <problem and fix>``, never a traceback.
+``dave-lightning: error: <problem and fix>``, never a traceback; paths, output directories,
+the device and the options are checked before any model is loaded.
+
+Building the parser imports no deep-learning library (``--help`` stays fast): the handlers
+import what they run, options left out keep the library's defaults (``DAVESettings()`` for
+``explain``; the monitor's ``MONITOR_ENGINE`` and ``EvaluationOptions()`` for ``compare``), and
+metric and method names are checked against the registries when the command runs, so that
+names registered by the user's code are accepted.
 """
 
 from __future__ import annotations
@@ -13,16 +20,34 @@ import argparse
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
+from dave_lightning.core.errors import UsageError, describe
 
-from dave_lightning.attribution import METHODS, DAVESettings
-from dave_lightning.core.errors import UsageError
-from dave_lightning.metrics.registry import metric_names
+if TYPE_CHECKING:
+    from dave_lightning.attribution import DAVESettings
+    from dave_lightning.compare import Comparison
+    from dave_lightning.evaluation import EvaluationOptions
 
 PROG = "dave-lightning"
+
+#: Built-in names for the help text, which must not import torch to list them; the registries
+#: (``metrics.registry.metric_names()``, ``attribution.METHODS``, ``metrics.faithfulness
+#: .BASELINES``) decide what is accepted, and tests/test_cli_safety.py keeps these equal to them.
+BUILTIN_METRICS = (
+    "energy_pg",
+    "gini",
+    "patch_artifact",
+    "stability",
+    "grid_pg",
+    "deletion",
+    "drift",
+)
+BUILTIN_METHODS = ("input_x_gradient", "input_x_effective")
+DELETION_BASELINES = ("blur", "zero", "mean")
 
 COMPARE_SUMMARY = "compare attributions across monitor snapshots, checkpoints or HF directories"
 COMPARE_DESCRIPTION = """\
@@ -38,7 +63,9 @@ modes:
   checkpoints  dave-lightning compare --checkpoints a.ckpt b.ckpt --module my_pkg.models:LitViT
                Loads each checkpoint into the LightningModule class (built from the
                checkpoint's hyper_parameters) and evaluates it on the same probe, same seed.
-               HuggingFace model directories (save_pretrained) need no --module.
+               HuggingFace model directories (save_pretrained) need no --module; one
+               whose config maps a class to its own code (auto_map) is refused, as custom
+               code is never run.
 
 report files (in --out):
   maps_probe_<i>.png   per probe image: the image (when known), then its DAVE map per evaluation
@@ -103,6 +130,8 @@ FLAGS = {
     "out": "--out",
     "weights": "--weights",
     "pretrained=True": "--pretrained",
+    "mean": "--mean",
+    "std": "--std",
 }
 
 
@@ -115,7 +144,7 @@ def _show_warning(
     message: Warning | str, category: type[Warning], *args: object, **kwargs: object
 ) -> None:
     """Warnings as one line each, without the source line Python prints by default."""
-    print(f"{PROG}: {category.__name__}: {message}", file=sys.stderr)
+    print(f"{PROG}: {category.__name__}: {flag_message(str(message))}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -209,7 +238,13 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
         metavar="N|pred",
         help="class to explain: an index, or 'pred' for each image's prediction (default)",
     )
-    _add_model_run_options(explain, explain, "dave_explain", run_explain_command)
+    _add_model_run_options(
+        explain,
+        explain,
+        "dave_explain",
+        run_explain_command,
+        "the engine's defaults (DAVESettings())",
+    )
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
@@ -238,10 +273,11 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     _add_module_options(checkpoints)
     checkpoints.add_argument(
         "--probe",
-        default="synthetic",
         metavar="synthetic|DIR",
         help="probe images: 'synthetic' (offline shapes with masks, default) or an "
-        "ImageFolder-style directory DIR/<class>/<image>, classes in sorted order",
+        "ImageFolder-style directory DIR/<class>/<image>, classes in sorted order (a file "
+        "reached by several paths, through symlinks, is used once); both are normalised like "
+        "the model's inputs (--mean/--std)",
     )
     checkpoints.add_argument(
         "--masks",
@@ -251,34 +287,57 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     checkpoints.add_argument(
         "--num-probe",
         type=_positive_int,
-        default=16,
         metavar="N",
-        help="probe images (default: %(default)s; a DIR probe takes them round-robin over classes)",
-    )
-    checkpoints.add_argument(
-        "--metrics",
-        nargs="+",
-        choices=metric_names(),
-        default=list(metric_names()),
-        metavar="METRIC",
-        help=f"metrics to compute: {', '.join(metric_names())} (default: all)",
-    )
-    checkpoints.add_argument(
-        "--compare-methods",
-        nargs="*",
-        choices=tuple(METHODS),
-        default=["input_x_gradient"],
-        metavar="METHOD",
-        help=f"baselines evaluated next to DAVE: {', '.join(METHODS)} "
-        "(default: input_x_gradient; none when given without names)",
+        help="probe images (default: as many as the monitor's; a DIR probe takes them "
+        "round-robin over classes)",
     )
     checkpoints.add_argument(
         "--target",
         choices=("label", "pred"),
-        default="label",
         help="class to explain: the probe label (default) or the model's prediction",
     )
-    _add_model_run_options(compare, checkpoints, "dave_compare", run_compare_command)
+    evaluation = compare.add_argument_group(
+        "evaluation (checkpoint mode)",
+        "options left out keep the monitor's defaults (EvaluationOptions())",
+    )
+    evaluation.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="METRIC",
+        help=f"metrics to compute: {', '.join(BUILTIN_METRICS)}, or ones your code registers "
+        "(default: all)",
+    )
+    evaluation.add_argument(
+        "--compare-methods",
+        nargs="*",
+        metavar="METHOD",
+        help=f"baselines evaluated next to DAVE: {', '.join(BUILTIN_METHODS)}, or ones your "
+        "code registers (default: the monitor's; none when given without names)",
+    )
+    evaluation.add_argument(
+        "--deletion-steps",
+        type=_positive_int,
+        metavar="N",
+        help="points of each deletion curve",
+    )
+    evaluation.add_argument(
+        "--grid-k",
+        type=_positive_int,
+        metavar="K",
+        help="grid pointing game: k × k grids of probe images",
+    )
+    evaluation.add_argument(
+        "--deletion-baseline",
+        metavar="|".join(DELETION_BASELINES),
+        help="what deleted pixels become in the deletion curves",
+    )
+    _add_model_run_options(
+        compare,
+        checkpoints,
+        "dave_compare",
+        run_compare_command,
+        "DAVEMonitor's defaults (MONITOR_ENGINE)",
+    )
 
 
 def _add_model_run_options(
@@ -286,11 +345,13 @@ def _add_model_run_options(
     preprocessing: argparse._ActionsContainer,
     out: str,
     handler: Callable[[argparse.Namespace], int],
+    engine_defaults: str,
 ) -> None:
     """What every command that runs a model takes: preprocessing (in the ``preprocessing``
-    group), the engine's settings, ``--out`` and ``--quiet``; and its handler."""
+    group), the engine's settings (``engine_defaults`` says whose defaults apply), ``--out``
+    and ``--quiet``; and its handler."""
     _add_preprocessing_options(preprocessing)
-    _add_engine_options(parser)
+    _add_engine_options(parser, engine_defaults)
     _add_output_options(parser, out, "no progress bars or summary")
     parser.set_defaults(handler=handler)
 
@@ -327,21 +388,19 @@ def _add_preprocessing_options(group: argparse._ActionsContainer) -> None:
         )
 
 
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    engine = parser.add_argument_group("DAVE engine")
+def _add_engine_options(parser: argparse.ArgumentParser, defaults: str) -> None:
+    engine = parser.add_argument_group("DAVE engine", f"options left out keep {defaults}")
     engine.add_argument(
         "--n-samples",
         type=_positive_int,
-        default=50,
         metavar="N",
-        help="transformed, noisy samples per image (default: %(default)s)",
+        help="transformed, noisy samples per image",
     )
     engine.add_argument(
         "--noise-alpha",
         type=_unit_float,
-        default=0.5,
         metavar="A",
-        help="noise level in [0, 1] (default: %(default)s; the paper uses 0.1 to 0.9 by family)",
+        help="noise level in [0, 1] (the paper uses 0.1 to 0.9 by family)",
     )
     engine.add_argument(
         "--batch-size",
@@ -350,13 +409,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="images per forward/backward pass (samples of any image), the memory cap of "
         "every model pass (default: automatic)",
     )
+    engine.add_argument("--seed", type=_natural_int, metavar="N", help="DAVE's seed")
     engine.add_argument(
-        "--seed", type=_natural_int, default=0, metavar="N", help="DAVE's seed (default: 0)"
-    )
-    engine.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: %(default)s)",
+        "--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)"
     )
 
 
@@ -397,6 +452,7 @@ def _explain_target(text: str) -> int | str:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """``dave-lightning demo``: the offline demo (imported only when it runs)."""
+    check_output_dir(args.out, "--out")
     from dave_lightning.demo import run_demo
 
     options = ("epochs", "out", "seed", "fast", "shortcut", "quiet")
@@ -408,15 +464,25 @@ RANDOM_WEIGHTS = "random weights: the map shows the method, not a trained model"
 
 def run_explain_command(args: argparse.Namespace) -> int:
     """``dave-lightning explain``: labelled overlays and maps of image files."""
+    check_output_dir(args.out, "--out")
+    _check_normalization(args)
+    if args.timm_model is not None and args.module is not None:
+        raise UsageError("--module goes with --checkpoint, not with --timm-model")
+    if args.checkpoint is not None and (args.weights is not None or args.pretrained):
+        raise UsageError(
+            "--weights and --pretrained go with --timm-model; a checkpoint holds its weights"
+        )
+    device = resolve_device(args.device)
+    from dave_lightning.attribution import DAVESettings
     from dave_lightning.checkpoints import load_model, load_timm_model
     from dave_lightning.explain import explain_images, write_explanation
-    from dave_lightning.images import preprocessing
+    from dave_lightning.images import image_files, preprocessing
     from dave_lightning.models import ModelAdapter
 
+    engine = _engine(args, DAVESettings())
+    files = image_files(args.images)
     warning = None
     if args.timm_model is not None:
-        if args.module is not None:
-            raise UsageError("--module goes with --checkpoint, not with --timm-model")
         model = load_timm_model(
             args.timm_model,
             args.weights,
@@ -432,22 +498,18 @@ def run_explain_command(args: argparse.Namespace) -> int:
                 stacklevel=1,
             )
     else:
-        if args.weights is not None or args.pretrained:
-            raise UsageError(
-                "--weights and --pretrained go with --timm-model; a checkpoint holds its weights"
-            )
         model, _ = load_model(args.checkpoint, args.module, trust=args.trust_checkpoint)
-    adapter = ModelAdapter(model.to(args.device))
+    adapter = ModelAdapter(model.to(device))
     transform, normal = preprocessing(
         adapter, image_size=args.image_size, mean=args.mean, std=args.std
     )
     explanation = explain_images(
         adapter,
-        args.images,
+        files,
         transform=transform,
         normalization=normal,
         target=args.target,
-        engine=_engine(args),
+        engine=engine,
         warning=warning,
         progress=not args.quiet,
     )
@@ -457,45 +519,56 @@ def run_explain_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options of checkpoint mode; snapshots hold what their run computed, so they take none.
+CHECKPOINT_MODE = (
+    "module",
+    "probe",
+    "masks",
+    "num_probe",
+    "target",
+    "image_size",
+    "mean",
+    "std",
+    "n_samples",
+    "noise_alpha",
+    "batch_size",
+    "seed",
+    "device",
+    "metrics",
+    "compare_methods",
+    "deletion_steps",
+    "grid_k",
+    "deletion_baseline",
+)
+
+
 def run_compare_command(args: argparse.Namespace) -> int:
     """``dave-lightning compare``: the report of snapshots or of checkpoints."""
-    from dave_lightning.compare import compare_checkpoints, compare_snapshots, write_report
-    from dave_lightning.evaluation import EvaluationOptions
-
+    check_output_dir(args.out, "--out")
+    if args.tensorboard is not None:
+        check_output_dir(args.tensorboard, "--tensorboard")
     if args.paths and args.checkpoints:
         raise UsageError("give snapshot paths or --checkpoints, not both")
     if args.checkpoints:
-        if args.steps is not None:
-            raise UsageError("--steps selects snapshots; with --checkpoints list the files")
-        options = EvaluationOptions(
-            metrics=tuple(args.metrics),
-            compare_methods=tuple(args.compare_methods),
-            target=args.target,
-        )
-        comparison = compare_checkpoints(
-            args.checkpoints,
-            args.module,
-            probe=args.probe,
-            masks=args.masks,
-            num_probe=args.num_probe,
-            image_size=args.image_size,
-            mean=args.mean,
-            std=args.std,
-            engine=_engine(args),
-            options=options,
-            trust=args.trust_checkpoint,
-            device=args.device,
-            progress=not args.quiet,
-        )
+        comparison = _compare_checkpoints(args)
     elif args.paths:
-        if args.module is not None:
-            raise UsageError("--module goes with --checkpoints; snapshots need no model")
+        given = [name for name in CHECKPOINT_MODE if getattr(args, name) is not None]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(
+                f"{flags}: for --checkpoints only; snapshots need no model and hold the maps "
+                "and metrics their run computed"
+            )
+        from dave_lightning.compare import compare_snapshots
+
         comparison = compare_snapshots(args.paths, steps=args.steps, progress=not args.quiet)
     else:
         raise UsageError(
             "nothing to compare; pass DAVEMonitor run dirs or snapshot files, or "
             "--checkpoints A.ckpt B.ckpt --module pkg.mod:Class"
         )
+    from dave_lightning.compare import write_report
+
     write_report(comparison, args.out, tensorboard=args.tensorboard, progress=not args.quiet)
     if not args.quiet:
         count = comparison.entries[0].evaluation.maps["dave"].shape[0]
@@ -506,12 +579,109 @@ def run_compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine(args: argparse.Namespace) -> DAVESettings:
-    """DAVE's settings from the engine options."""
+def _compare_checkpoints(args: argparse.Namespace) -> Comparison:
+    """The comparison of ``--checkpoints``, every option checked before a model is loaded."""
+    if args.steps is not None:
+        raise UsageError("--steps selects snapshots; with --checkpoints list the files")
+    _check_normalization(args)
+    device = resolve_device(args.device)
+    from dave_lightning.attribution.settings import MONITOR_ENGINE
+    from dave_lightning.checkpoints import import_class
+    from dave_lightning.compare import compare_checkpoints
+
+    engine = _engine(args, MONITOR_ENGINE)
+    # first the module, whose import may register the metrics and methods the options name
+    module = None if args.module is None else import_class(args.module)
+    options = _evaluation_options(args)
+    return compare_checkpoints(
+        args.checkpoints,
+        module,
+        masks=args.masks,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        engine=engine,
+        options=options,
+        trust=args.trust_checkpoint,
+        device=device,
+        progress=not args.quiet,
+        **_given(args, ("probe", "num_probe")),
+    )
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Refuse an output directory that is a file or lies under one, before any work is done."""
+    target = Path(path)
+    for candidate in (target, *target.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == target else f"lies under the file {candidate}"
+                raise UsageError(f"{flag} {path} {where}; pass a directory")
+            return
+
+
+def resolve_device(name: str | None) -> str:
+    """``name``, checked by allocating on it (an unknown or absent device is refused), or
+    ``cuda`` when one is available and ``cpu`` otherwise."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return DAVESettings.from_arguments(vars(args))
+        torch.empty(0, device=name)
+    except Exception as error:  # an unknown name, no such device, no driver: torch varies
+        raise UsageError(
+            f"--device {name} cannot be used here ({describe(error)}); pass --device cpu, or "
+            "cuda on a machine with a GPU"
+        ) from error
+    return name
+
+
+def _check_normalization(args: argparse.Namespace) -> None:
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("give both `mean` and `std`, or neither")
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The options among ``names`` given on the command line (lists as tuples)."""
+    values = {name: getattr(args, name, None) for name in names}
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+def _engine(args: argparse.Namespace, defaults: DAVESettings) -> DAVESettings:
+    """``defaults`` with the engine options given on the command line."""
+    given = _given(args, [f.name for f in fields(defaults)])
+    try:
+        return replace(defaults, **given)
     except (TypeError, ValueError) as error:
-        raise UsageError(str(error)) from error
+        raise UsageError(_as_flags(str(error), given)) from error
+
+
+def _evaluation_options(args: argparse.Namespace) -> EvaluationOptions:
+    """``EvaluationOptions`` of the options given on the command line (the rest keep their
+    defaults); metric and method names are checked against the registries, which may hold
+    names the user's code added."""
+    from dave_lightning.evaluation import EvaluationOptions
+
+    given = _given(args, [f.name for f in fields(EvaluationOptions)])
+    try:
+        return EvaluationOptions(**given)
+    except (TypeError, ValueError) as error:
+        raise UsageError(_as_flags(str(error), given)) from error
+
+
+def _as_flags(message: str, names: Collection[str]) -> str:
+    """A settings error (``deletion_steps must be >= 2``) with the ``names`` of the options
+    given as their flags (``--deletion-steps``)."""
+    return re.sub(
+        r"\w+",
+        lambda word: "--" + word[0].replace("_", "-") if word[0] in names else word[0],
+        message,
+    )
 
 
 if __name__ == "__main__":

@@ -60,10 +60,10 @@ def explain_images(
     bar = tqdm(paths, desc="explaining", unit="image", disable=None if progress else True)
     for index, path in enumerate(bar):
         image = transform(read_image(path)).unsqueeze(0).to(model.device)
+        if index == 0:  # every image is transformed to the same size
+            _check_input(model, image, target)
         with model.attribution(), torch.no_grad():
             logits = model(image)
-        if index == 0:
-            _check_target(target, logits.shape[1])
         predicted = logits.argmax(1)
         explained = (
             predicted if target == "pred" else torch.tensor([int(target)], device=image.device)
@@ -90,7 +90,12 @@ def explain_images(
     )
 
 
-def _check_target(target: int | str, classes: int) -> None:
+def _check_input(model: ModelAdapter, image: torch.Tensor, target: int | str) -> None:
+    """The model takes ``image`` (else the fix is `image_size`) and has the class ``target``."""
+    try:
+        classes = model.num_classes(image)
+    except ValueError as error:
+        raise UsageError(f"{error}; pass `image_size` with the size it was trained on") from error
     if target != "pred" and not 0 <= int(target) < classes:
         raise UsageError(
             f"`target` {target} is out of range: the model has {classes} classes "

@@ -1,11 +1,13 @@
 """Images from disk: discovery, decoding, preprocessing for a model, and probes (docs/cli.md).
 
-Folders follow torchvision's ``ImageFolder`` layout and extensions. Every problem raises
-:class:`UsageError` with one line naming the problem and the fix.
+Folders follow torchvision's ``ImageFolder`` layout and extensions; a file reached by several
+paths (symlinks) is used once. Probes are normalised like the model's inputs. Every problem
+raises :class:`UsageError` with one line naming the problem and the fix.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -96,6 +98,22 @@ def resize_normalize(
     return TF.normalize(TF.to_tensor(resized), list(normal[0]), list(normal[1]))
 
 
+def check_probe_source(spec: str | Path, masks: str | Path | None = None) -> None:
+    """Refuse a probe spec (``synthetic`` or a directory) or masks folder that cannot be read,
+    before any model is loaded."""
+    if str(spec) == "synthetic":
+        if masks is not None:
+            raise UsageError("`masks` is for a `probe` folder; the synthetic probe has its own")
+        return
+    if not Path(spec).is_dir():
+        raise UsageError(
+            f"`probe` {spec}: no such directory; pass 'synthetic' or a folder with one "
+            "subfolder of images per class"
+        )
+    if masks is not None and not Path(masks).is_dir():
+        raise UsageError(f"`masks` {masks}: no such directory; pass the folder of probe masks")
+
+
 def load_probe(
     spec: str | Path,
     model: ModelAdapter,
@@ -106,21 +124,20 @@ def load_probe(
     std: Sequence[float] | None = None,
     masks: str | Path | None = None,
 ) -> tuple[Probe, Normalization]:
-    """The probe ``synthetic`` or an ImageFolder-style directory, sized for ``model``."""
+    """The probe ``synthetic`` or an ImageFolder-style directory, sized for ``model`` and
+    normalised with ``mean``/``std`` (default: the model's own, else ImageNet's)."""
+    check_probe_source(spec, masks)
+    if (mean is None) != (std is None):
+        raise UsageError("give both `mean` and `std`, or neither")
     size = model_input_size(model, image_size)
     channels = model.input_channels or 3
     try:
         classes = model.num_classes(torch.zeros(1, channels, *size))
     except ValueError as error:
         raise UsageError(f"{error}; pass `image_size` with the size it was trained on") from error
-    if str(spec) == "synthetic":
-        if masks is not None:
-            raise UsageError("`masks` is for a `probe` folder; the synthetic probe has its own")
-        return synthetic_probe(num_probe, size, classes), (
-            SyntheticShapes.mean,
-            SyntheticShapes.std,
-        )
     normal = model.normalization(mean, std)
+    if str(spec) == "synthetic":
+        return synthetic_probe(num_probe, size, classes, normal), normal
     probe = folder_probe(spec, num_probe=num_probe, size=size, normal=normal, masks=masks)
     if int(probe.labels.max()) >= classes:
         raise UsageError(
@@ -130,8 +147,11 @@ def load_probe(
     return probe, normal
 
 
-def synthetic_probe(num_probe: int, size: tuple[int, int], classes: int) -> Probe:
-    """The first ``num_probe`` items of ``SyntheticShapes(split="probe")``, with their masks."""
+def synthetic_probe(
+    num_probe: int, size: tuple[int, int], classes: int, normal: Normalization
+) -> Probe:
+    """The first ``num_probe`` items of ``SyntheticShapes(split="probe")``, with their masks,
+    normalised with ``normal`` (the model's (mean, std)) instead of the dataset's own."""
     if size[0] != size[1]:
         raise UsageError(f"the synthetic `probe` makes square images; the model takes {size}")
     if classes < 2:
@@ -140,7 +160,10 @@ def synthetic_probe(num_probe: int, size: tuple[int, int], classes: int) -> Prob
         num_probe, split="probe", image_size=size[0], num_classes=min(classes, len(SHAPES))
     )
     images, labels, masks = zip(*(dataset[i] for i in range(num_probe)), strict=True)
-    return Probe(torch.stack(images), torch.tensor(labels), torch.stack(masks))
+    mean, std = (torch.tensor(values).view(3, 1, 1) for values in (dataset.mean, dataset.std))
+    pixels = torch.stack(images) * std + mean  # the pictures in [0, 1]
+    pictures = TF.normalize(pixels, list(normal[0]), list(normal[1]))
+    return Probe(pictures, torch.tensor(labels), torch.stack(masks))
 
 
 def folder_probe(
@@ -158,14 +181,12 @@ def folder_probe(
     with nearest neighbours) stay aligned.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise UsageError(
-            f"`probe` {directory}: no such directory; pass 'synthetic' or a folder with one "
-            "subfolder of images per class"
-        )
+    check_probe_source(directory, masks)
     try:
         _, class_to_idx = find_classes(directory)
-        samples = make_dataset(directory, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+        samples = _unique_files(
+            make_dataset(directory, class_to_idx, IMG_EXTENSIONS, allow_empty=True), directory
+        )
     except FileNotFoundError:
         samples = []
     if not samples:
@@ -184,6 +205,26 @@ def folder_probe(
     probe = Probe(images, labels, mask_tensor)
     check_probe(probe)
     return probe
+
+
+def _unique_files(samples: list[tuple[str, int]], directory: Path) -> list[tuple[str, int]]:
+    """Each image file once: symlinks (a loop, say) can reach one file by several paths; the
+    shortest path is kept, so the file keeps its own folder's class. A warning says so."""
+    kept: dict[Path, tuple[str, int]] = {}
+    for path, label in samples:
+        key = Path(path).resolve()
+        if key not in kept or len(Path(path).parts) < len(Path(kept[key][0]).parts):
+            kept[key] = (path, label)
+    if len(kept) < len(samples):
+        warnings.warn(
+            f"`probe` {directory}: {len(samples)} image paths lead to {len(kept)} files "
+            "(symlinks reach some by more than one path); each file is used once, under its "
+            "shortest path",
+            UserWarning,
+            stacklevel=3,
+        )
+    chosen = set(kept.values())
+    return [sample for sample in samples if sample in chosen]
 
 
 def _round_robin(samples: list[tuple[str, int]], count: int) -> list[tuple[str, int]]:

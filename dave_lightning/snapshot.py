@@ -2,21 +2,23 @@
 
 ``<dir>/step_<global_step:08d>.pt`` is a ``torch.save``d plain dict (tensors, numbers,
 strings, lists, dicts) that loads with ``torch.load(weights_only=True)``, so opening a
-snapshot never runs code. :meth:`Evaluation.to_record` and :meth:`Evaluation.from_record` give
-its content; files of earlier format versions load too.
+snapshot never runs code: a file that holds a Python object is not a snapshot, and no option
+loads it. :meth:`Evaluation.to_record` and :meth:`Evaluation.from_record` give its content;
+files of earlier format versions load too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dave_lightning.core.errors import first_line
+from dave_lightning.core.errors import first_line, refused_object
 from dave_lightning.evaluation.record import FORMAT, Evaluation
 
 REQUIRED = ("maps", "targets", "predictions", "metrics", "epoch", "global_step", "settings")
@@ -63,6 +65,13 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # foreign bytes fail in many ways (KeyError, IndexError, ...)
+        needed = refused_object(error) if isinstance(error, pickle.UnpicklingError) else None
+        if needed is not None:
+            raise SnapshotError(
+                f"{path}: not a dave-lightning snapshot: it holds the Python object {needed}, "
+                "which snapshots never do, and unpickling it could run code; pass the step_*.pt "
+                "files that DAVEMonitor writes"
+            ) from error
         raise SnapshotError(
             f"{path}: not a readable snapshot ({first_line(error)}); it may be corrupt or truncated"
         ) from error

@@ -1,7 +1,8 @@
 """Tiny monitor runs, Lightning checkpoints and images for the CLI tests.
 
 The LightningModules here are importable by ``dave-lightning`` subprocesses (``tests`` goes on
-their PYTHONPATH) as ``cli_fixtures:TinyLit`` and ``cli_fixtures:OtherLit``.
+their PYTHONPATH) as ``cli_fixtures:TinyLit``, ``cli_fixtures:OtherLit`` and
+``cli_fixtures:NeverBuilt``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class OtherLit(TinyLit):
         self.model = tiny_vit(embed_dim=16)
 
 
+class NeverBuilt(TinyLit):
+    """Fails when built: a command given it must refuse bad input before loading any model."""
+
+    def __init__(self, lr: float = 0.05) -> None:
+        raise RuntimeError("NeverBuilt was built")
+
+
 class Marker:
     """A plain Python object: a checkpoint holding one needs full unpickling."""
 
@@ -138,8 +146,25 @@ def write_images(directory: Path, count: int = 2) -> list[Path]:
     return paths
 
 
-def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m dave_lightning.cli ARGS`` in a subprocess that can import this module."""
+def write_hf_model(
+    directory: Path, mean: tuple[float, ...], std: tuple[float, ...], *, seed: int = 0
+) -> Path:
+    """A tiny random-init HuggingFace ViT (``save_pretrained``) with an image processor that
+    normalises with ``mean``/``std``."""
+    from hf_models import hf_model
+    from transformers import ViTImageProcessor
+
+    torch.manual_seed(seed)
+    hf_model("vit").save_pretrained(directory)
+    ViTImageProcessor(image_mean=list(mean), image_std=list(std)).save_pretrained(directory)
+    return directory
+
+
+def run_cli(
+    *args: object, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m dave_lightning.cli ARGS`` in a subprocess that can import this module, with
+    ``input`` on its stdin."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
@@ -151,6 +176,7 @@ def run_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProce
         text=True,
         env=env,
         cwd=cwd,
+        input=input,
         timeout=300,
     )
 

@@ -275,7 +275,7 @@ BAD_INPUTS = [
     ("compare {root}/foreign.pt", "not a dave-lightning snapshot"),
     ("compare {run} --steps 7", "no snapshot at steps [7]"),
     ("compare", "nothing to compare"),
-    ("compare {run} --metrics nope", "invalid choice: 'nope'"),
+    ("compare {run} --metrics gini", "--metrics: for --checkpoints only"),
     ("compare {run} --checkpoints {ckpt} --module cli_fixtures:TinyLit", "not both"),
     ("compare --checkpoints {ckpt}", "needs --module"),
     ("compare --checkpoints {ckpt} --module no_such_package.models:Lit", "cannot import"),

@@ -21,7 +21,7 @@ from dave_lightning.attribution.settings import MONITOR_ENGINE, DAVESettings
 from dave_lightning.checkpoints import load_model
 from dave_lightning.core.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
-from dave_lightning.images import load_probe
+from dave_lightning.images import check_probe_source, load_probe
 from dave_lightning.metrics import drift_matrix
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import resolve_encoding
@@ -195,26 +195,27 @@ def compare_checkpoints(
 
     Checkpoints are Lightning checkpoints of ``module`` (the LightningModule class or
     ``"pkg.mod:Class"``) or HuggingFace model directories (``save_pretrained``); ``probe`` is
-    ``"synthetic"``,
-    an ImageFolder-style directory (``masks``: PNG masks at the same relative paths) or a
-    :class:`Probe` (normalised with ``mean``/``std``); ``engine`` holds DAVE's settings and
-    ``options`` the metrics and compared methods. Checkpoints that need full unpickling are
-    refused unless ``trust``.
+    ``"synthetic"`` or an ImageFolder-style directory (``masks``: PNG masks at the same relative
+    paths), normalised with ``mean``/``std`` (default: the first model's own, else ImageNet's),
+    or a :class:`Probe` normalised so. ``engine`` holds DAVE's settings (default, and for the
+    settings a mapping leaves out: the monitor's, ``MONITOR_ENGINE``, so that the numbers match
+    a monitor's) and ``options`` the metrics and compared methods. Checkpoints that need full
+    unpickling are refused unless ``trust``.
     """
-    engine = (
-        engine
-        if isinstance(engine, DAVESettings)
-        else replace(MONITOR_ENGINE, **dict(engine or {}))
-    )
+    if not isinstance(engine, DAVESettings):
+        engine = replace(MONITOR_ENGINE, **dict(engine or {}))
     options = options or EvaluationOptions()
     paths = [Path(p) for p in checkpoints]
     for path in paths:
         if not path.exists():
             raise UsageError(f"{path}: no such checkpoint file or directory; check the path")
+    if not isinstance(probe, Probe):
+        check_probe_source(probe, masks)
     run_dirs = [path.resolve().parent for path in paths]
     names = _run_names(run_dirs)
     evaluator: ProbeEvaluator | None = None
     images01 = None
+    settings: dict[str, Any] = {}
     entries: list[Entry] = []
     bar = tqdm(paths, desc="evaluating checkpoints", disable=None if progress else True)
     for path, run_dir in zip(bar, run_dirs, strict=True):
@@ -228,6 +229,7 @@ def compare_checkpoints(
             images01 = viz.denormalize(encoding.picture(probe_set.images), *normal)
             model_engine = engine.for_model(model.reference_noise_alpha)
             evaluator = ProbeEvaluator(probe_set, model_engine, options, encoding)
+            settings = {**evaluator.settings(), "mean": list(normal[0]), "std": list(normal[1])}
         references = {}
         if entries:
             references = {
@@ -239,7 +241,7 @@ def compare_checkpoints(
             references=references,
             epoch=info["epoch"],
             global_step=info["global_step"],
-            settings=evaluator.settings(),
+            settings=dict(settings),
         )
         entries.append(
             Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
@@ -247,7 +249,7 @@ def compare_checkpoints(
     return Comparison(
         entries=entries,
         drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
-        settings=evaluator.settings(),
+        settings=settings,
         images01=images01,
     )
 
