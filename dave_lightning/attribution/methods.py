@@ -7,9 +7,12 @@ model (docs/architecture.md, "Add a compared attribution method").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +23,7 @@ from dave_lightning.attribution.gradients import (
     gradient_contributions,
 )
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
+from dave_lightning.attribution.rollout import AttentionRollout, GradRollout
 from dave_lightning.models import ModelAdapter
 
 
@@ -83,11 +87,62 @@ class InputXEffective(_InputTimesGradient):
 METHODS: dict[str, MethodFactory] = {
     "input_x_gradient": lambda model, batch_size: InputXGradient(model, batch_size=batch_size),
     "input_x_effective": lambda model, batch_size: InputXEffective(model, batch_size=batch_size),
+    "attention_rollout": lambda model, batch_size: AttentionRollout(model, batch_size=batch_size),
+    "grad_rollout": lambda model, batch_size: GradRollout(model, batch_size=batch_size),
 }
+
+#: Names of the form ``captum:<Class>`` resolve to Captum's methods (docs/methods.md).
+CAPTUM_PREFIX = "captum:"
 
 
 def register_method(name: str, factory: MethodFactory) -> None:
     """Make ``name`` usable in ``compare_methods`` (``factory(model, batch_size)`` builds it)."""
-    if name == "dave" or "/" in name:
-        raise ValueError(f"method name {name!r} is reserved or contains '/'; pick another")
+    if name == "dave" or "/" in name or name.startswith(CAPTUM_PREFIX):
+        raise ValueError(
+            f"method name {name!r} is reserved, contains '/' or starts with "
+            f"{CAPTUM_PREFIX!r}; pick another"
+        )
     METHODS[name] = factory
+
+
+def method_factory(name: str) -> MethodFactory:
+    """The factory of the compared method ``name``: a registered one, or a Captum method
+    (``captum:<Class>``, ``captum:NoiseTunnel(<Class>)``) resolved when asked for.
+
+    Raises:
+        ValueError: for an unknown name (the valid names listed).
+        ImportError: for a Captum name without captum installed.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith(CAPTUM_PREFIX):
+        from dave_lightning.attribution.captum_methods import captum_factory
+
+        return captum_factory(name)
+    raise ValueError(
+        f"unknown compared method {name!r}; choose from {list(METHODS)} or "
+        f"'{CAPTUM_PREFIX}<Class>' for a Captum method"
+    )
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run with the global RNGs of torch (CPU and ``device``), NumPy and Python seeded from
+    ``seed``, and their states restored on exit: for code that draws from them (Captum's
+    noise, ``torch.nn.init``), so that its results repeat and the caller's RNGs stay as they
+    were."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    index = None
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+    try:
+        with torch.random.fork_rng(devices=[] if index is None else [index]):
+            torch.default_generator.manual_seed(seed)
+            if index is not None:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)

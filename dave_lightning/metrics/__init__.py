@@ -30,17 +30,28 @@ from dave_lightning.metrics.localization import (
     grid_pointing_game,
 )
 from dave_lightning.metrics.registry import (
+    CurveLabels,
     MetricInputs,
     MetricSpec,
     MetricValues,
     register_metric,
 )
+from dave_lightning.metrics.sanity import (
+    SANITY_THRESHOLD,
+    Cascade,
+    cascade_figure,
+    model_randomization,
+    sanity_fails,
+)
 from dave_lightning.metrics.sparsity import gini
 from dave_lightning.metrics.stability import STABILITY_TRANSFORMS, stability
 
 __all__ = [
+    "SANITY_THRESHOLD",
     "STABILITY_TRANSFORMS",
     "AttributionDrift",
+    "Cascade",
+    "CurveLabels",
     "DeletionAUC",
     "EnergyPointingGame",
     "Gini",
@@ -56,6 +67,7 @@ __all__ = [
     "attribution_drift",
     "baseline_images",
     "boxes_to_masks",
+    "cascade_figure",
     "curve_auc",
     "deletion_curve",
     "drift_matrix",
@@ -64,7 +76,9 @@ __all__ = [
     "grid_pointing_game",
     "insertion_curve",
     "make_grid_probe",
+    "model_randomization",
     "patch_artifact_score",
     "register_metric",
+    "sanity_fails",
     "stability",
 ]
