@@ -57,10 +57,10 @@ def dave(adapter: ModelAdapter) -> DAVE:
 
 
 class Constant:
-    """A "method" that ignores the model: the same ramp for every image."""
+    """A "method" that ignores the model and the image: a constant map."""
 
     def attribute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.linspace(0, 1, 32).expand(len(images), 1, 32, 32).clone()
+        return torch.ones(len(images), 1, 32, 32)
 
 
 class Brightness:
