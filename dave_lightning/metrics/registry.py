@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,9 +22,7 @@ from dave_lightning.metrics.localization import energy_pointing_game, grid_point
 from dave_lightning.metrics.sanity import MethodBuilder, model_randomization
 from dave_lightning.metrics.sparsity import gini
 from dave_lightning.metrics.stability import stability
-
-if TYPE_CHECKING:
-    from dave_lightning.models.adapter import ModelAdapter
+from dave_lightning.models import ModelAdapter
 
 AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
