@@ -86,20 +86,21 @@ def probe_panels(
     ]
 
 
-def curve_figures(evaluation: Evaluation, step: int) -> dict[str, Figure]:
-    """Per metric with curves (e.g. ``deletion``): its mean curves of every method, titled and
-    labelled as the metric declares (docs/architecture.md, "Add a metric")."""
+def curves_figure(evaluation: Evaluation, step: int) -> Figure:
+    """One panel per metric with curves (deletion, insertion, …): its mean curves of every
+    method, titled and labelled as the metric declares (docs/architecture.md, "Add a
+    metric")."""
     by_metric: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for curve in evaluation.curves.values():
         label = curve.label if curve.control else f"{method_title(curve.method)}, {curve.label}"
         by_metric.setdefault(curve.metric, {})[label] = (curve.fractions, curve.values)
-    figures = {}
+    panels = []
     for metric, curves in by_metric.items():
         figure = curve_figure(metric)
-        figures[metric] = viz.plot_curves(
-            curves, title=f"{figure.title}, step {step}", xlabel=figure.xlabel, ylabel=figure.ylabel
+        panels.append(
+            viz.CurvePanel(curves, f"{figure.title}, step {step}", figure.xlabel, figure.ylabel)
         )
-    return figures
+    return viz.plot_curves(panels)
 
 
 @dataclass
@@ -126,16 +127,16 @@ def evaluation_pictures(
     step: int,
     max_images: int,
 ) -> Pictures:
-    """Panels ``<prefix>/probe/<i>``, ``<prefix>/probe_grid`` and, per metric with curves,
-    ``<prefix>/<metric>_curves`` (e.g. ``deletion_curves``)."""
+    """Panels ``<prefix>/probe/<i>``, ``<prefix>/probe_grid`` and, when the evaluation has
+    curves, ``<prefix>/deletion_curves`` (a panel per curve metric: deletion, insertion)."""
     pictures = Pictures()
     for index, image in enumerate(probe_panels(evaluation, images01, max_images)):
         caption = prediction_caption(evaluation, index)[0]
         pictures.images[f"{prefix}/probe/{index}"] = (image, caption)
     grid = make_grid(heatmaps(images01, evaluation.maps["dave"]), nrow=8, padding=2)
     pictures.images[f"{prefix}/probe_grid"] = (grid, None)
-    for metric, figure in curve_figures(evaluation, step).items():
-        pictures.figures[f"{prefix}/{metric}_curves"] = figure
+    if evaluation.curves:
+        pictures.figures[f"{prefix}/deletion_curves"] = curves_figure(evaluation, step)
     return pictures
 
 

@@ -8,6 +8,7 @@ Every image helper returns float32 tensors in [0, 1], channels first ((3, H, W) 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -158,40 +159,29 @@ def figure_to_tensor(fig: Figure) -> torch.Tensor:
     return torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)
 
 
-def plot_curves(
-    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-) -> Figure:
-    """Line plot of named (x, y) curves, e.g. deletion curves (fraction removed → probability)."""
-    fig = Figure(figsize=(4.5, 3.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    for name, (x, y) in curves.items():
-        ax.plot(_numpy(x), _numpy(y), label=name)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize="small")
-    return fig
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of :func:`plot_curves`: named (x, y) curves, a title and the axes' labels."""
+
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]]
+    title: str = ""
+    xlabel: str = ""
+    ylabel: str = ""
 
 
-def plot_metric_history(
-    history: Mapping[str, Sequence[tuple[float, float]]], title: str = ""
-) -> Figure:
-    """One small panel per metric, value against global step (metrics have different scales)."""
-    ncols = min(3, max(1, len(history)))
-    nrows = max(1, -(-len(history) // ncols))
-    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows), dpi=100, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (name, points) in zip(axes, history.items(), strict=False):
-        ax.plot([step for step, _ in points], [value for _, value in points], "o-", markersize=3)
-        ax.set(title=name, xlabel="step")
+def plot_curves(panels: Sequence[CurvePanel]) -> Figure:
+    """Panels of line plots side by side, e.g. deletion and insertion curves (fraction of
+    pixels changed → probability)."""
+    fig = Figure(figsize=(4.5 * max(1, len(panels)), 3.2), dpi=100, layout="constrained")
+    for ax, panel in zip(
+        fig.subplots(1, max(1, len(panels)), squeeze=False)[0], panels, strict=False
+    ):
+        for name, (x, y) in panel.curves.items():
+            ax.plot(_numpy(x), _numpy(y), label=name)
+        ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
-    for ax in axes[len(history) :]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title)
+        if panel.curves:
+            ax.legend(fontsize="small")
     return fig
 
 

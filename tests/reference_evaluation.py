@@ -16,6 +16,9 @@ import torch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_evaluation.pt"
 
+#: The metrics of the reference (the built-in ones when it was written).
+METRICS = ("energy_pg", "gini", "patch_artifact", "stability", "grid_pg", "deletion", "drift")
+
 #: Kernels that give the same bits on any x86 CPU: no ISA-specific vector code paths, MKL's
 #: conditional numerical reproducibility, one thread.
 PINNED_ENV = {
@@ -44,7 +47,7 @@ def evaluate() -> dict[str, Any]:
     probe = build_probe(data.probe(8), 8, {"corner": corner})
     engine = DAVESettings(n_samples=4, seed=0)
     options = EvaluationOptions(
-        compare_methods=("input_x_gradient", "input_x_effective"), deletion_steps=6
+        metrics=METRICS, compare_methods=("input_x_gradient", "input_x_effective"), deletion_steps=6
     )
     adapter = ModelAdapter(model)
     evaluator = ProbeEvaluator(probe, engine, options, IDENTITY)

@@ -99,24 +99,23 @@ def test_figure_to_tensor_closes_pyplot_figures() -> None:
     assert not plt.fignum_exists(fig.number)
 
 
-def test_plots_draw_every_curve_and_metric() -> None:
+def test_plots_draw_every_curve_in_its_panel() -> None:
     x = torch.linspace(0, 1, 5)
     fig = viz.plot_curves(
-        {"dave": (x, 1 - x), "random": (x.numpy(), [0.5] * 5)},
-        title="deletion",
-        xlabel="fraction removed",
-        ylabel="probability",
+        [
+            viz.CurvePanel(
+                {"dave": (x, 1 - x), "random": (x.numpy(), [0.5] * 5)},
+                title="deletion",
+                xlabel="fraction removed",
+                ylabel="probability",
+            ),
+            viz.CurvePanel({"dave": (x, x)}, title="insertion"),
+        ]
     )
-    (ax,) = fig.axes
-    assert [line.get_label() for line in ax.get_lines()] == ["dave", "random"]
-    assert ax.get_title() == "deletion"
-    assert viz.figure_to_tensor(fig).shape[0] == 3
-
-    history = {f"dave/m{i}": [(0, 0.1), (10, 0.2 * i)] for i in range(4)}
-    fig = viz.plot_metric_history(history, title="metrics")
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in visible] == list(history)
-    np.testing.assert_allclose(visible[3].get_lines()[0].get_ydata(), [0.1, 0.6])
+    deletion, insertion = fig.axes
+    assert [line.get_label() for line in deletion.get_lines()] == ["dave", "random"]
+    assert (deletion.get_title(), insertion.get_title()) == ("deletion", "insertion")
+    np.testing.assert_allclose(insertion.get_lines()[0].get_ydata(), x.numpy())
     assert viz.figure_to_tensor(fig).shape[0] == 3
 
 

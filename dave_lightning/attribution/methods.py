@@ -20,6 +20,7 @@ from dave_lightning.attribution.gradients import (
     gradient_contributions,
 )
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
+from dave_lightning.attribution.rollout import AttentionRollout, GradRollout
 from dave_lightning.models import ModelAdapter
 
 
@@ -83,7 +84,12 @@ class InputXEffective(_InputTimesGradient):
 METHODS: dict[str, MethodFactory] = {
     "input_x_gradient": lambda model, batch_size: InputXGradient(model, batch_size=batch_size),
     "input_x_effective": lambda model, batch_size: InputXEffective(model, batch_size=batch_size),
+    "attention_rollout": lambda model, batch_size: AttentionRollout(model, batch_size=batch_size),
+    "grad_rollout": lambda model, batch_size: GradRollout(model, batch_size=batch_size),
 }
+
+#: Names of the form ``captum:<Class>`` resolve to Captum's methods (docs/methods.md).
+CAPTUM_PREFIX = "captum:"
 
 
 def register_method(name: str, factory: MethodFactory, *, replace: bool = False) -> None:
@@ -92,8 +98,11 @@ def register_method(name: str, factory: MethodFactory, *, replace: bool = False)
     Raises:
         ValueError: for a reserved name, or one already registered unless ``replace``.
     """
-    if name == "dave" or "/" in name or not name:
-        raise ValueError(f"method name {name!r} is reserved or contains '/'; pick another")
+    if name == "dave" or "/" in name or not name or name.startswith(CAPTUM_PREFIX):
+        raise ValueError(
+            f"method name {name!r} is reserved, contains '/' or starts with "
+            f"{CAPTUM_PREFIX!r}; pick another"
+        )
     if name in METHODS and not replace:
         raise ValueError(
             f"a method named {name!r} is already registered; pick another name, or pass "
@@ -102,12 +111,32 @@ def register_method(name: str, factory: MethodFactory, *, replace: bool = False)
     METHODS[name] = factory
 
 
+def method_factory(name: str) -> MethodFactory:
+    """The factory of the compared method ``name``: a registered one, or a Captum method
+    (``captum:<Class>``, ``captum:NoiseTunnel(<Class>)``) resolved when asked for.
+
+    Raises:
+        ValueError: for an unknown name (the valid names listed).
+        ImportError: for a Captum name without captum installed.
+    """
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith(CAPTUM_PREFIX):
+        from dave_lightning.attribution.captum_methods import captum_factory
+
+        return captum_factory(name)
+    raise ValueError(
+        f"unknown compared method {name!r}; choose from {list(METHODS)} or "
+        f"'{CAPTUM_PREFIX}<Class>' for a Captum method"
+    )
+
+
 def check_method_names(names: object) -> tuple[str, ...]:
-    """``names`` as a tuple of registered method names; an unknown one lists the valid names."""
+    """``names`` as a tuple of compared-method names that resolve (registered, or Captum's);
+    an unknown one lists the valid names."""
     if isinstance(names, str):
         raise TypeError(f"compare_methods must be a sequence of names, got {names!r}")
     names = tuple(names)
-    unknown = sorted(set(names) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown compare_methods {unknown}; choose from {list(METHODS)}")
+    for name in names:
+        method_factory(name)
     return names

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dave_lightning.attribution import DAVE, DAVESettings
-from dave_lightning.attribution.methods import METHODS
+from dave_lightning.attribution.methods import AttributionMethod, method_factory
 from dave_lightning.evaluation.items import CurveInfo, ItemResults, Shard
 from dave_lightning.evaluation.options import EvaluationOptions
 from dave_lightning.evaluation.record import Curve, Evaluation
@@ -30,6 +30,7 @@ from dave_lightning.metrics.registry import (
     selected_specs,
     unmet_needs,
 )
+from dave_lightning.metrics.sanity import MethodBuilder
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import InputEncoding
 from dave_lightning.probe import Probe
@@ -167,6 +168,7 @@ class ProbeEvaluator:
             probabilities = logits.softmax(1).gather(1, predictions[:, None])[:, 0]
             labels = probe.labels[index].to(device)
             targets = labels if options.target == "label" else predictions
+            builders = self._builders(first)
             dave = DAVE.from_settings(model, self.engine, encoding)
             maps, reliability = dave.attribute(
                 images, targets, return_reliability=True, first_index=first
@@ -174,7 +176,7 @@ class ProbeEvaluator:
             methods = {"dave": dave}
             results = ItemResults(targets, predictions, probabilities, reliability, {"dave": maps})
             for name in options.compare_methods:
-                methods[name] = METHODS[name](model, self.engine.batch_size)
+                methods[name] = method_factory(name)(model, self.engine.batch_size)
                 results.maps[name] = methods[name].attribute(images, targets)
             grid, grid_first = self._grid_shard(shard, device)
             for name, method in methods.items():
@@ -184,8 +186,10 @@ class ProbeEvaluator:
                     images=encoding.picture(images),
                     targets=targets,
                     model=_encoded(model, encoding),
-                    attribute=_attribute(method, encoding, first, name == "dave"),
-                    grid_attribute=_attribute(method, encoding, grid_first, name == "dave"),
+                    attribute=OnPictures(method, encoding, first if name == "dave" else None),
+                    grid_attribute=OnPictures(
+                        method, encoding, grid_first if name == "dave" else None
+                    ),
                     grid_k=options.grid_k,
                     deletion_steps=options.deletion_steps,
                     deletion_baseline=options.deletion_baseline,
@@ -195,6 +199,9 @@ class ProbeEvaluator:
                     grid=grid,
                     patch_size=model.patch_size,
                     references={k: v[index].to(device) for k, v in (references or {}).items()},
+                    adapter=model,
+                    method_builders=builders,
+                    method_maps=results.maps,
                 )
                 _compute(specs, inputs, results)
         return results
@@ -236,6 +243,20 @@ class ProbeEvaluator:
         )
 
     # ------------------------------------------------------------------------------ parts
+
+    def _builders(self, first_index: int) -> dict[str, MethodBuilder]:
+        """Each method of the evaluation, built for a model, taking pictures (DAVE's with the
+        shard's per-item seeds)."""
+        encoding, batch_size = self.encoding, self.engine.batch_size
+
+        def dave(model: ModelAdapter) -> OnPictures:
+            engine = DAVE.from_settings(model, self.engine, encoding)
+            return OnPictures(engine, encoding, first_index)
+
+        def compared(name: str) -> MethodBuilder:
+            return lambda model: OnPictures(method_factory(name)(model, batch_size), encoding, None)
+
+        return {"dave": dave, **{name: compared(name) for name in self.options.compare_methods}}
 
     def _unmet_message(self, spec: MetricSpec, need: str, model: ModelAdapter) -> str:
         fix = NEEDS[need]
@@ -311,12 +332,21 @@ def _encoded(
     return lambda pictures: model(encoding.encode(pictures))
 
 
-def _attribute(
-    method: Any, encoding: InputEncoding, first_index: int, is_dave: bool
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The method on pictures; DAVE's maps keep their per-item seeds (``first_index``)."""
-    if is_dave:
-        return lambda pictures, target: method.attribute(
-            encoding.encode(pictures), target, first_index=first_index
-        )
-    return lambda pictures, target: method.attribute(encoding.encode(pictures), target)
+class OnPictures:
+    """A method on pictures (what metrics perturb): they are encoded for the model first;
+    DAVE's maps keep their per-item seeds (``first_index``, None for other methods)."""
+
+    def __init__(
+        self, method: AttributionMethod, encoding: InputEncoding, first_index: int | None
+    ) -> None:
+        self.method = method
+        self.encoding = encoding
+        self.first_index = first_index
+
+    def attribute(self, pictures: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        inputs = self.encoding.encode(pictures)
+        if self.first_index is None:
+            return self.method.attribute(inputs, target)
+        return self.method.attribute(inputs, target, first_index=self.first_index)
+
+    __call__ = attribute

@@ -30,17 +30,30 @@ from dave_lightning.metrics.localization import (
     grid_pointing_game,
 )
 from dave_lightning.metrics.registry import (
+    CurveFigure,
+    ItemCurve,
+    KeyContext,
     MetricInputs,
     MetricSpec,
     MetricValues,
     register_metric,
 )
+from dave_lightning.metrics.sanity import (
+    SANITY_THRESHOLD,
+    Cascade,
+    cascade_figure,
+    model_randomization,
+    sanity_fails,
+)
 from dave_lightning.metrics.sparsity import gini
 from dave_lightning.metrics.stability import STABILITY_TRANSFORMS, stability
 
 __all__ = [
+    "SANITY_THRESHOLD",
     "STABILITY_TRANSFORMS",
     "AttributionDrift",
+    "Cascade",
+    "CurveFigure",
     "DeletionAUC",
     "EnergyPointingGame",
     "Gini",
@@ -48,6 +61,8 @@ __all__ = [
     "GridPointingGame",
     "GridProbe",
     "InsertionAUC",
+    "ItemCurve",
+    "KeyContext",
     "MetricInputs",
     "MetricSpec",
     "MetricValues",
@@ -56,6 +71,7 @@ __all__ = [
     "attribution_drift",
     "baseline_images",
     "boxes_to_masks",
+    "cascade_figure",
     "curve_auc",
     "deletion_curve",
     "drift_matrix",
@@ -64,7 +80,9 @@ __all__ = [
     "grid_pointing_game",
     "insertion_curve",
     "make_grid_probe",
+    "model_randomization",
     "patch_artifact_score",
     "register_metric",
+    "sanity_fails",
     "stability",
 ]

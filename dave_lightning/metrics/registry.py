@@ -17,11 +17,13 @@ import torch
 
 from dave_lightning.metrics.artifacts import patch_artifact_score
 from dave_lightning.metrics.drift import attribution_drift
-from dave_lightning.metrics.faithfulness import curve_auc, deletion_curve
+from dave_lightning.metrics.faithfulness import curve_auc, deletion_curve, insertion_curve
 from dave_lightning.metrics.grid import GridItems
 from dave_lightning.metrics.localization import energy_pointing_game, grid_pointing_game
+from dave_lightning.metrics.sanity import MethodBuilder, model_randomization
 from dave_lightning.metrics.sparsity import gini
 from dave_lightning.metrics.stability import stability
+from dave_lightning.models import ModelAdapter
 
 AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,10 +44,11 @@ REFERENCES = ("previous", "first")
 
 @dataclass(frozen=True)
 class KeyContext:
-    """What decides a metric's keys before it runs: the method, the region names, the deletion
-    baseline."""
+    """What decides a metric's keys before it runs: the method, every method of the evaluation
+    (DAVE first), the region names, the deletion baseline."""
 
     method: str = "dave"
+    methods: tuple[str, ...] = ("dave",)
     regions: tuple[str, ...] = ()
     deletion_baseline: str = "blur"
 
@@ -57,7 +60,10 @@ class MetricInputs:
     ``images`` are pictures as the metrics perturb them; ``model`` maps them to logits and
     ``attribute`` to the method's maps (for ``images``' own items), ``grid_attribute`` for the
     grid items. ``references`` holds earlier evaluations' DAVE maps by name (``previous``,
-    ``first``) for drift.
+    ``first``) for drift. ``adapter`` is the model, and ``method_builders`` build each method of
+    the evaluation (DAVE's first) for a model whose ``attribute`` takes pictures like
+    ``attribute`` (a randomized copy, for the sanity check), whose maps of the probe are
+    ``method_maps``.
     """
 
     method: str
@@ -76,6 +82,9 @@ class MetricInputs:
     grid: GridItems | None = None
     patch_size: int | None = None
     references: dict[str, torch.Tensor] = field(default_factory=dict)
+    adapter: ModelAdapter | None = None
+    method_builders: dict[str, MethodBuilder] = field(default_factory=dict)
+    method_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,9 @@ class MetricSpec:
     ``compute(inputs)`` returns per-item values (probe images, or grid cells when ``unit`` is
     ``"grid"``), which the evaluator averages over the probe (NaN skipped). ``keys(context)``
     names the values it returns before it runs (default: the metric's name). ``dave_only``
-    metrics are computed for DAVE's maps only; ``implicit`` ones run whenever their needs are
-    met and are not named in ``metrics=``. ``figure`` says how its curves are drawn.
+    metrics are computed once, with DAVE's inputs; ``implicit`` ones run whenever their needs
+    are met and are not named in ``metrics=``; ``opt_in`` ones run only when named there (costly
+    checks). ``figure`` says how its curves are drawn.
     """
 
     name: str
@@ -124,6 +134,7 @@ class MetricSpec:
     unit: str = "image"
     dave_only: bool = False
     implicit: bool = False
+    opt_in: bool = False
     keys: Callable[[KeyContext], tuple[str, ...]] | None = None
     figure: CurveFigure | None = None
 
@@ -178,25 +189,30 @@ def _grid_pg(inputs: MetricInputs) -> MetricValues:
     return MetricValues({"grid_pg": grid_pointing_game(maps, inputs.grid_k, grid.cells)})
 
 
-#: Orders of the deletion curves, with their legend labels; the random order is one control
-#: per probe (it does not depend on the maps), computed with DAVE's.
-DELETION_ORDERS = {
+#: Legend labels of the orders of the faithfulness curves; the random order is a control that
+#: does not depend on the maps, computed once per probe with DAVE's.
+ORDER_LABELS = {
     "lerf": "least relevant first",
     "morf": "most relevant first",
     "random": "random order",
 }
+#: The orders of each curve metric (the maps' orders; DAVE's adds the random control).
+CURVE_ORDERS = {"deletion": ("lerf", "morf"), "insertion": ("morf", "lerf")}
+PROBABILITY = "target softmax probability"
 
 
-def _deletion_orders(method: str) -> tuple[str, ...]:
-    return tuple(DELETION_ORDERS) if method == "dave" else ("lerf", "morf")
+def _orders(kind: str, method: str) -> tuple[str, ...]:
+    orders = CURVE_ORDERS[kind]
+    return (*orders, "random") if method == "dave" else orders
 
 
-def _deletion(inputs: MetricInputs) -> MetricValues:
-    """Deletion curves in each order and their AUCs."""
+def _curves(inputs: MetricInputs, kind: str) -> MetricValues:
+    """``<kind>_<order>_<baseline>`` curves and their AUCs, in each order."""
+    curve = deletion_curve if kind == "deletion" else insertion_curve
     result = MetricValues()
-    for order in _deletion_orders(inputs.method):
-        name = f"deletion_{order}_{inputs.deletion_baseline}"
-        fractions, probabilities = deletion_curve(
+    for order in _orders(kind, inputs.method):
+        name = f"{kind}_{order}_{inputs.deletion_baseline}"
+        fractions, probabilities = curve(
             inputs.model,
             inputs.images,
             inputs.targets,
@@ -208,15 +224,37 @@ def _deletion(inputs: MetricInputs) -> MetricValues:
         )
         result.values[name] = curve_auc(fractions, probabilities)
         result.curves[name] = ItemCurve(
-            fractions, probabilities, DELETION_ORDERS[order], control=order == "random"
+            fractions, probabilities, ORDER_LABELS[order], control=order == "random"
         )
     return result
 
 
-def _deletion_keys(context: KeyContext) -> tuple[str, ...]:
+def _curve_keys(kind: str) -> Callable[[KeyContext], tuple[str, ...]]:
+    def keys(context: KeyContext) -> tuple[str, ...]:
+        orders = _orders(kind, context.method)
+        return tuple(f"{kind}_{order}_{context.deletion_baseline}" for order in orders)
+
+    return keys
+
+
+def _sanity(inputs: MetricInputs) -> MetricValues:
+    """Per method, the Spearman correlation (and top-k IoU) of its maps with those after the
+    whole randomization cascade (docs/metrics.md, "Sanity")."""
+    values = {}
+    for method, build in inputs.method_builders.items():
+        cascade = model_randomization(
+            inputs.adapter, build, inputs.images, inputs.targets, maps=inputs.method_maps[method]
+        )
+        values[f"sanity/{method}"] = cascade.spearman[-1]
+        values[f"sanity/{method}/topk_iou"] = cascade.topk_iou[-1]
+    return MetricValues(values)
+
+
+def _sanity_keys(context: KeyContext) -> tuple[str, ...]:
     return tuple(
-        f"deletion_{order}_{context.deletion_baseline}"
-        for order in _deletion_orders(context.method)
+        key
+        for method in context.methods
+        for key in (f"sanity/{method}", f"sanity/{method}/topk_iou")
     )
 
 
@@ -271,12 +309,17 @@ for _spec in (
     MetricSpec("grid_pg", _grid_pg, slow=True, needs=frozenset({"grid"}), unit="grid"),
     MetricSpec(
         "deletion",
-        _deletion,
+        lambda inputs: _curves(inputs, "deletion"),
         slow=True,
-        keys=_deletion_keys,
-        figure=CurveFigure(
-            "Pixel deletion", "fraction of pixels removed", "target softmax probability"
-        ),
+        keys=_curve_keys("deletion"),
+        figure=CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY),
+    ),
+    MetricSpec(
+        "insertion",
+        lambda inputs: _curves(inputs, "insertion"),
+        slow=True,
+        keys=_curve_keys("insertion"),
+        figure=CurveFigure("Pixel insertion", "fraction of pixels inserted", PROBABILITY),
     ),
     MetricSpec(
         "drift",
@@ -287,12 +330,19 @@ for _spec in (
             f"drift_{reference}_{key}" for reference in REFERENCES for key in DRIFT_STATISTICS
         ),
     ),
+    MetricSpec("sanity", _sanity, slow=True, dave_only=True, opt_in=True, keys=_sanity_keys),
 ):
     register_metric(_spec)
 
 
 def metric_names() -> tuple[str, ...]:
-    """The names ``metrics=`` accepts, in evaluation order."""
+    """The metrics computed when ``metrics=`` names none, in evaluation order (all but the
+    implicit and the opt-in ones)."""
+    return tuple(name for name, spec in METRICS.items() if not spec.implicit and not spec.opt_in)
+
+
+def selectable_metric_names() -> tuple[str, ...]:
+    """The names ``metrics=`` accepts, in evaluation order (the opt-in ones included)."""
     return tuple(name for name, spec in METRICS.items() if not spec.implicit)
 
 
@@ -301,9 +351,10 @@ def check_metric_names(names: object) -> tuple[str, ...]:
     if isinstance(names, str):
         raise TypeError(f"metrics must be a sequence of names, got the string {names!r}")
     names = tuple(names)
-    unknown = sorted(set(names) - set(metric_names()))
+    valid = selectable_metric_names()
+    unknown = sorted(set(names) - set(valid))
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(metric_names())}")
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(valid)}")
     return names
 
 

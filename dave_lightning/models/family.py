@@ -48,6 +48,20 @@ class ModelFamily:
         """Name of the input encoding the model expects (see ``models.encoding``)."""
         return None
 
+    def reads_class_token(self, root: nn.Module) -> bool | None:
+        """Whether the classifier reads a class token, the first token (attention rollout
+        explains that token's row)."""
+        return None
+
+    def blocks(self, root: nn.Module) -> list[nn.Module] | None:
+        """The transformer blocks from input to output (the sanity check re-initialises them
+        from the top down)."""
+        return None
+
+    def head(self, root: nn.Module) -> nn.Module | None:
+        """The classification head (the first module the sanity check re-initialises)."""
+        return None
+
     @contextmanager
     def attribution_context(self, root: nn.Module) -> Iterator[None]:
         """What the model needs during attribution (an explanation mode, an attention path)."""

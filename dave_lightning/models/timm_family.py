@@ -51,3 +51,18 @@ class TimmFamily(ModelFamily):
     def noise_alpha(self, root: nn.Module) -> float | None:
         architecture = root.pretrained_cfg.get("architecture")
         return None if architecture is None else reference_noise_alpha(architecture)
+
+    def reads_class_token(self, root: nn.Module) -> bool | None:
+        """Token pooling (``global_pool='token'``) of a model with a ``cls_token``."""
+        pool = getattr(root, "global_pool", None)
+        if not isinstance(pool, str):
+            return None
+        return pool == "token" and getattr(root, "cls_token", None) is not None
+
+    def blocks(self, root: nn.Module) -> list[nn.Module] | None:
+        blocks = getattr(root, "blocks", None)
+        return list(blocks) if isinstance(blocks, nn.Sequential | nn.ModuleList) else None
+
+    def head(self, root: nn.Module) -> nn.Module | None:
+        head = getattr(root, "head", None)
+        return head if isinstance(head, nn.Module) else None

@@ -21,3 +21,12 @@ class TorchvisionFamily(ModelFamily):
 
     def input_size(self, root: nn.Module) -> tuple[int, int] | None:
         return size_pair(root.image_size)
+
+    def reads_class_token(self, root: nn.Module) -> bool | None:
+        return True  # the head reads the class token, always the first token
+
+    def blocks(self, root: nn.Module) -> list[nn.Module] | None:
+        return list(root.encoder.layers)
+
+    def head(self, root: nn.Module) -> nn.Module | None:
+        return root.heads

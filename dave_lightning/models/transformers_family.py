@@ -153,6 +153,30 @@ class TransformersFamily(ModelFamily):
         name = str(getattr(root, "name_or_path", "") or "").rstrip("/").split("/")[-1]
         return reference_noise_alpha(re.sub(r"[^a-z0-9]+", "_", name.lower())) if name else None
 
+    def reads_class_token(self, root: nn.Module) -> bool | None:
+        """A ``cls_token`` in the embeddings, and no mean pooling (BEiT's default)."""
+        if getattr(self._config(root), "use_mean_pooling", False):
+            return False
+        embeddings = getattr(root.base_model, "embeddings", None)
+        return getattr(embeddings, "cls_token", None) is not None
+
+    def blocks(self, root: nn.Module) -> list[nn.Module] | None:
+        """The base model's layers (``layers``, or ``encoder.layer``/``encoder.layers``)."""
+        base = root.base_model
+        encoder = getattr(base, "encoder", None)
+        for found in (
+            getattr(base, "layers", None),
+            getattr(encoder, "layer", None),
+            getattr(encoder, "layers", None),
+        ):
+            if isinstance(found, nn.ModuleList):
+                return list(found)
+        return None
+
+    def head(self, root: nn.Module) -> nn.Module | None:
+        head = getattr(root, "classifier", None)
+        return head if isinstance(head, nn.Module) else None
+
     @contextmanager
     def attribution_context(self, root: nn.Module) -> Iterator[None]:
         with ExitStack() as stack:
