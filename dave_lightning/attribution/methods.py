@@ -126,7 +126,7 @@ def method_factory(name: str) -> MethodFactory:
 
         return captum_factory(name)
     raise ValueError(
-        f"unknown compared method {name!r}; choose from {list(METHODS)} or "
+        f"unknown compare_methods {name!r}; choose from {list(METHODS)} or "
         f"'{CAPTUM_PREFIX}<Class>' for a Captum method"
     )
 

@@ -17,6 +17,7 @@ import torch
 
 from dave_lightning.attribution import DAVE, DAVESettings
 from dave_lightning.attribution.methods import AttributionMethod, method_factory
+from dave_lightning.core.uncertainty import mean_interval
 from dave_lightning.evaluation.items import CurveInfo, ItemResults, Shard
 from dave_lightning.evaluation.options import EvaluationOptions
 from dave_lightning.evaluation.record import Curve, Evaluation
@@ -228,6 +229,11 @@ class ProbeEvaluator:
             )
             for key, info in results.curve_info.items()
         }
+        intervals = {}
+        for key, value in values.items():
+            interval = mean_interval(value, self.options.confidence)
+            if interval is not None:
+                intervals[key] = interval
         return Evaluation(
             maps=dict(results.maps),
             targets=results.targets,
@@ -237,6 +243,7 @@ class ProbeEvaluator:
             reliability=results.reliability,
             metrics={key: float(value.nanmean()) for key, value in values.items()},
             values=values,
+            intervals=intervals,
             curves=curves,
             slow=slow,
             **record,

@@ -93,6 +93,7 @@ class ProbeMonitor:
         self._attempted_step: int | None = None
         self._fingerprint: torch.Tensor | None = None
         self._warned: set[str] = set()
+        self._pixel_shares: dict[str, float] = {}
 
     # ------------------------------------------------------------------------- identity
 
@@ -180,6 +181,7 @@ class ProbeMonitor:
         if plan.left_out:
             self._warn_once("left out", _left_out_message(self.name, plan.left_out))
         self._adapter, self._evaluator, self._plan = adapter, evaluator, plan
+        self._pixel_shares = _pixel_shares(self.probe)
         self._normalization = adapter.normalization(settings.mean, settings.std)
         self._images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
         self._objects, self._writes = destinations_, writes
@@ -248,9 +250,12 @@ class ProbeMonitor:
         return build_probe(source, settings.num_probe, settings.regions)
 
     def metric_keys(self) -> set[str]:
-        """Every key this monitor can log, without the name prefix."""
-        keys = set(self._evaluator.metric_keys(self._plan))
-        keys.update(("probe_accuracy", "map_reliability"))
+        """Every key this monitor can log, without the name prefix: metrics, their interval
+        bounds (``<key>/low``, ``<key>/high``) and the region alarms (``alert/<region>``)."""
+        metrics = set(self._evaluator.metric_keys(self._plan))
+        metrics.update(("probe_accuracy", "map_reliability"))
+        keys = {*metrics, *(f"{key}/{bound}" for key in metrics for bound in ("low", "high"))}
+        keys.update(f"alert/{region}" for region in self._pixel_shares)
         return keys
 
     def is_slow(self, key: str) -> bool:
@@ -270,12 +275,17 @@ class ProbeMonitor:
         return f"{spec.name} needs {need}: {NEEDS[need]}"
 
     def finite_scalars(self, evaluation: Evaluation) -> dict[str, float]:
-        """The evaluation's metrics as tagged scalars, leaving out values that are not finite
-        (a metric undefined on this probe), which a warning names once."""
+        """The evaluation's metrics and their interval bounds (``<key>/low``, ``<key>/high``)
+        as tagged scalars, leaving out values that are not finite (a metric undefined on this
+        probe), which a warning names once."""
         scalars, undefined = {}, []
         for key, value in evaluation.metrics.items():
             if math.isfinite(value):
                 scalars[f"{self.name}/{key}"] = value
+                for bound, end in zip(
+                    ("low", "high"), evaluation.intervals.get(key, ()), strict=False
+                ):
+                    scalars[f"{self.name}/{key}/{bound}"] = end
             else:
                 undefined.append(key)
         if undefined:
@@ -345,7 +355,7 @@ class ProbeMonitor:
 
         grid = 0 if evaluator.grid is None else len(evaluator.grid.targets)
         results = run_sharded(collective, shard_run, len(self.probe), grid)
-        return evaluator.finish(
+        evaluation = evaluator.finish(
             results,
             slow=slow,
             global_step=step,
@@ -359,6 +369,28 @@ class ProbeMonitor:
             },
             seconds=time.perf_counter() - start,
         )
+        return self._with_alerts(evaluation)
+
+    def _with_alerts(self, evaluation: Evaluation) -> Evaluation:
+        """The region alarms: raised when the lower bound of a region's attribution share
+        exceeds ``alert_ratio`` × its share of the pixels (docs/reading.md, "The region
+        alarm"); ``alert/<region>`` is 1 when raised, 0 when not."""
+        alerts = {}
+        ratio = self.settings.alert_ratio
+        for region, pixels in self._pixel_shares.items():
+            interval = evaluation.intervals.get(f"region_{region}")
+            alerts[region] = interval is not None and interval[0] > ratio * pixels
+            if alerts[region]:
+                share = evaluation.metrics[f"region_{region}"]
+                self._warn_once(
+                    f"alert {region}",
+                    f"DAVEMonitor {self.name!r}: region alarm {region!r} at step "
+                    f"{evaluation.global_step}: DAVE puts {share:.3f} of its attribution there "
+                    f"({self._confidence_label()} interval {interval[0]:.3f}–{interval[1]:.3f}), "
+                    f"more than {ratio:g} × the region's {pixels:.3f} share of the pixels",
+                )
+        metrics = {**evaluation.metrics, **{f"alert/{r}": float(a) for r, a in alerts.items()}}
+        return replace(evaluation, alerts=alerts, metrics=metrics)
 
     def publish(
         self, evaluation: Evaluation, collective: Collective = SINGLE_PROCESS
@@ -426,9 +458,9 @@ class ProbeMonitor:
                 self._folder.write(evaluation, images)
             drawn.send(sinks, step)
             if not self._layout_logged and sinks:
-                charts = self._charts(evaluation)
+                charts, margins = self._charts(evaluation)
                 for sink in sinks:
-                    sink.log_layout(f"DAVE ({self.name})", charts)
+                    sink.log_layout(f"DAVE ({self.name})", charts, margins)
                 self._layout_logged = True
             for logger in self._destinations.loggers:
                 logger.log_metrics(scalars, step=step)
@@ -466,15 +498,28 @@ class ProbeMonitor:
         self._last = evaluation
         self._last_step = evaluation.global_step
 
-    def _charts(self, evaluation: Evaluation) -> dict[str, list[str]]:
-        """One chart per metric key: DAVE's value and each compared method's, as tags."""
-        keys = list(dict.fromkeys([*self.metric_keys(), *evaluation.metrics]))
+    def _charts(
+        self, evaluation: Evaluation
+    ) -> tuple[dict[str, list[str]], dict[str, tuple[str, str, str]]]:
+        """One chart per metric key (DAVE's value and each compared method's) and one margin
+        chart per metric with an interval (its value within its bounds), as tags."""
+        keys = list(dict.fromkeys([*self._evaluator.metric_keys(self._plan), *evaluation.metrics]))
         methods = self.settings.evaluation.compare_methods
-        charts = {}
+        charts, margins = {}, {}
         for key in sorted(k for k in keys if "/" not in k):
             tags = [f"{self.name}/{m}/{key}" for m in methods if f"{m}/{key}" in keys]
             charts[key] = [f"{self.name}/{key}", *tags]
-        return charts
+        for key in sorted(k for k in keys if not k.startswith(("alert/", "time_share"))):
+            tag = f"{self.name}/{key}"
+            margins[f"{key} ({self._confidence_label()} interval)"] = (
+                tag,
+                f"{tag}/low",
+                f"{tag}/high",
+            )
+        return charts, margins
+
+    def _confidence_label(self) -> str:
+        return f"{self.settings.evaluation.confidence:.0%}"
 
     def finish(
         self,
@@ -670,6 +715,17 @@ def _completed(earlier: Evaluation, slow: Evaluation) -> Evaluation:
         intervals={**earlier.intervals, **slow.intervals},
         curves={**earlier.curves, **slow.curves},
     )
+
+
+def _pixel_shares(probe: Probe) -> dict[str, float]:
+    """Each region's share of the pixels, over the probe images where it is not empty (those
+    whose attribution share has a value)."""
+    shares = {}
+    for region, masks in (probe.regions or {}).items():
+        share = masks.flatten(1).float().mean(1)
+        present = share > 0
+        shares[region] = float(share[present].mean()) if bool(present.any()) else 0.0
+    return shares
 
 
 def _fingerprint(model: nn.Module) -> torch.Tensor:

@@ -25,8 +25,14 @@ class ImageSink:
         """Log a matplotlib figure."""
         self.log_image(tag, viz.figure_to_tensor(figure), step)
 
-    def log_layout(self, category: str, charts: dict[str, list[str]]) -> None:
-        """Group scalar tags into charts (title → tags), where the destination supports it."""
+    def log_layout(
+        self,
+        category: str,
+        charts: dict[str, list[str]],
+        margins: dict[str, tuple[str, str, str]] | None = None,
+    ) -> None:
+        """Group scalar tags into charts (title → tags) and margin charts (title → value, lower
+        and upper bound tags), where the destination supports it."""
 
     def flush(self) -> None:
         """Make what was logged visible (e.g. write buffered events)."""

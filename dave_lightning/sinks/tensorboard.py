@@ -32,9 +32,17 @@ class TensorBoardSink(ImageSink):
     ) -> None:
         self.writer.add_image(tag, image, global_step=step)
 
-    def log_layout(self, category: str, charts: dict[str, list[str]]) -> None:
-        """A custom-scalars layout: one multi-line chart per title (CUSTOM SCALARS tab)."""
+    def log_layout(
+        self,
+        category: str,
+        charts: dict[str, list[str]],
+        margins: dict[str, tuple[str, str, str]] | None = None,
+    ) -> None:
+        """A custom-scalars layout (CUSTOM SCALARS tab): one multi-line chart per title, and
+        one margin chart (the value with its interval as a band) per title of ``margins``."""
         layout = {title: ["Multiline", tags] for title, tags in charts.items()}
+        for title, tags in (margins or {}).items():
+            layout[title] = ["Margin", list(tags)]
         self.writer.add_custom_scalars({category: layout})
 
     def flush(self) -> None:
