@@ -24,6 +24,7 @@ from timm.models import clean_state_dict
 from torch import nn
 
 from dave_lightning.core.errors import UsageError, describe, first_line, refused_object
+from dave_lightning.models import ModelAdapter
 
 #: The files of a HuggingFace folder that loading reads and whose ``auto_map`` would name code.
 HF_CONFIG_FILES = ("config.json", "preprocessor_config.json")
@@ -228,7 +229,7 @@ def load_timm_model(
             "torch.save(model.state_dict(), path) where you have it and pass `weights`"
         ) from error
     if state is not None:
-        classifier = state.get(f"{model.pretrained_cfg.get('classifier')}.weight")
+        classifier = state.get(f"{ModelAdapter(model).head_name()}.weight")
         if classifier is not None and classifier.shape[0] != model.num_classes:
             model.reset_classifier(classifier.shape[0])
         try:

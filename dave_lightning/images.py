@@ -14,14 +14,12 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, is_image_file, make_dataset
 from torchvision.transforms import InterpolationMode
 
 from dave_lightning.core.errors import UsageError, first_line
 from dave_lightning.data import SHAPES, SyntheticShapes
 from dave_lightning.models import ModelAdapter, Normalization
-from dave_lightning.models.timm_family import TimmFamily
 from dave_lightning.probe import Probe, check_probe
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -83,10 +81,9 @@ def preprocessing(
     """
     size = model_input_size(model, image_size)
     normal = model.normalization(mean, std)
-    if isinstance(model.family, TimmFamily):
-        config = resolve_data_config({"input_size": (3, *size)}, model=model.root)
-        config.update(mean=normal[0], std=normal[1])
-        return create_transform(**config), normal
+    transform = model.eval_transform(size, normal)
+    if transform is not None:
+        return transform, normal
     return lambda image: resize_normalize(image, size, normal), normal
 
 

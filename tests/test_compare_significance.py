@@ -20,7 +20,8 @@ from cli_fixtures import call_cli
 from lightning_fixtures import TinyClassifier, loader, random_data
 
 from dave_lightning import DAVEMonitor
-from dave_lightning.compare import Comparison, Entry, compare_snapshots, drift_figure, write_report
+from dave_lightning.compare import Comparison, compare_snapshots, drift_figure, write_report
+from dave_lightning.compare.sources import Entry
 from dave_lightning.core.uncertainty import mean_interval, paired_difference
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.metrics import drift_matrix

@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+from reference_aggregation import robust_mean
 from tiny_models import MODEL_ZOO, NUM_CLASSES, timm_vit
 from torch import nn
 
@@ -10,7 +11,6 @@ from dave_lightning import DAVE, InputXEffective, InputXGradient
 from dave_lightning.attribution.aggregation import (
     RESERVOIR_SAMPLES,
     SampleAccumulator,
-    robust_mean,
     sample_order,
 )
 from dave_lightning.attribution.postprocess import bilateral_filter, postprocess

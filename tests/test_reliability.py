@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_aggregation import robust_mean
 from tiny_models import timm_vit
 from torch import nn
 
 from dave_lightning import DAVE
-from dave_lightning.attribution.aggregation import SampleAccumulator, robust_mean
+from dave_lightning.attribution.aggregation import SampleAccumulator
 from dave_lightning.attribution.postprocess import postprocess
 from dave_lightning.attribution.reliability import spearman_brown, split_half_reliability
 

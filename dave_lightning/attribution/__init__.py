@@ -4,7 +4,6 @@ from dave_lightning.attribution.captum_methods import CaptumMethod
 from dave_lightning.attribution.engine import COMPONENTS, DAVE
 from dave_lightning.attribution.methods import (
     METHODS,
-    AttributionMethod,
     InputXEffective,
     InputXGradient,
     method_factory,
@@ -20,7 +19,6 @@ __all__ = [
     "DAVE",
     "METHODS",
     "AttentionRollout",
-    "AttributionMethod",
     "CaptumMethod",
     "DAVESettings",
     "GradRollout",

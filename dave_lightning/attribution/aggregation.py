@@ -18,16 +18,6 @@ MAD_THRESHOLD = 2.5
 RESERVOIR_SAMPLES = 64
 
 
-def robust_mean(samples: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Per-element mean of the values with |x − median| ≤ 2.5 · 1.4826 · MAD along ``dim``.
-
-    The median is the lower median (an actual sample), so at least one value is always kept.
-    """
-    median, threshold = _median_and_threshold(samples, dim)
-    keep = (samples - median).abs() <= threshold
-    return (samples * keep).sum(dim) / keep.sum(dim)
-
-
 def _median_and_threshold(samples: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     median = samples.median(dim, keepdim=True).values
     mad = (samples - median).abs().median(dim, keepdim=True).values

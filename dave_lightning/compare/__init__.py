@@ -6,9 +6,7 @@
 """
 
 from dave_lightning.compare.report import (
-    comparison_panels,
     drift_figure,
-    markdown_report,
     write_drift,
     write_map_panels,
     write_metrics,
@@ -24,23 +22,17 @@ from dave_lightning.compare.significance import (
 )
 from dave_lightning.compare.sources import (
     Comparison,
-    Entry,
     compare_checkpoints,
     compare_snapshots,
-    find_snapshots,
 )
 
 __all__ = [
     "Comparison",
-    "Entry",
     "PairTest",
     "compare_checkpoints",
     "compare_snapshots",
-    "comparison_panels",
     "drift_figure",
     "evaluation_pairs",
-    "find_snapshots",
-    "markdown_report",
     "metric_intervals",
     "significance_tests",
     "write_drift",

@@ -164,9 +164,7 @@ class ProbeEvaluator:
         with model.attribution():
             device = model.device
             images = probe.images[index].to(device)
-            logits = self._logits(model, images)
-            predictions = logits.argmax(1)
-            probabilities = logits.softmax(1).gather(1, predictions[:, None])[:, 0]
+            predictions, probabilities = self._predictions(model, images)
             labels = probe.labels[index].to(device)
             targets = labels if options.target == "label" else predictions
             builders = self._builders(first)
@@ -181,16 +179,15 @@ class ProbeEvaluator:
                 results.maps[name] = methods[name].attribute(images, targets)
             grid, grid_first = self._grid_shard(shard, device)
             for name, method in methods.items():
+                first_index, grid_index = (first, grid_first) if name == "dave" else (None, None)
                 inputs = MetricInputs(
                     method=name,
                     maps=results.maps[name],
                     images=encoding.picture(images),
                     targets=targets,
                     model=_encoded(model, encoding),
-                    attribute=OnPictures(method, encoding, first if name == "dave" else None),
-                    grid_attribute=OnPictures(
-                        method, encoding, grid_first if name == "dave" else None
-                    ),
+                    attribute=OnPictures(method, encoding, first_index),
+                    grid_attribute=OnPictures(method, encoding, grid_index),
                     grid_k=options.grid_k,
                     deletion_steps=options.deletion_steps,
                     deletion_baseline=options.deletion_baseline,
@@ -277,11 +274,16 @@ class ProbeEvaluator:
             )
         return f"metric {spec.name!r} needs {need}: {fix}"
 
-    def _logits(self, model: ModelAdapter, images: torch.Tensor) -> torch.Tensor:
-        """Logits of the probe images, ``batch_size`` images per pass."""
+    def _predictions(
+        self, model: ModelAdapter, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted class of each image and its softmax probability, ``batch_size``
+        images per pass."""
         size = self.engine.batch_size or len(images)
         with torch.no_grad():
-            return torch.cat([model(images[i : i + size]) for i in range(0, len(images), size)])
+            logits = torch.cat([model(images[i : i + size]) for i in range(0, len(images), size)])
+        predictions = logits.argmax(1)
+        return predictions, logits.softmax(1).gather(1, predictions[:, None])[:, 0]
 
     def _grid_shard(self, shard: Shard, device: torch.device) -> tuple[GridItems | None, int]:
         """This shard's grid items (pictures, on ``device``) and the index of its first one."""

@@ -136,6 +136,16 @@ def make_grid_probe(
             + f" to compose a {k}×{k} grid"
         )
     picked = ranked[torch.tensor(grids, device=images.device)]  # (G, k·k)
+    cells = torch.arange(k * k, device=images.device).expand(len(grids), k * k).clone()
+    mosaics = _mosaics(images, picked, k, (height, width))
+    return GridProbe(images=mosaics, targets=labels[picked], cells=cells)
+
+
+def _mosaics(
+    images: torch.Tensor, picked: torch.Tensor, k: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """(G, C, H, W) grids: the images ``picked`` (G, k·k) resized into their cells, row-major."""
+    height, width = size
     tiles = F.interpolate(
         images[picked.flatten()],
         size=(height // k, width // k),
@@ -143,11 +153,9 @@ def make_grid_probe(
         antialias=True,
         align_corners=False,
     )
-    count, channels = len(grids), images.shape[1]
-    mosaic = (
+    count, channels = len(picked), images.shape[1]
+    return (
         tiles.view(count, k, k, channels, height // k, width // k)
         .permute(0, 3, 1, 4, 2, 5)
         .reshape(count, channels, height, width)
     )
-    cells = torch.arange(k * k, device=images.device).expand(count, k * k).clone()
-    return GridProbe(images=mosaic, targets=labels[picked], cells=cells)

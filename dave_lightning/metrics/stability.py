@@ -81,9 +81,21 @@ def stability(
             f"attribute_fn returned maps of shape {tuple(maps.shape)}; expected "
             f"({batch * (count + 1)}, 1, {height}, {width}) for the images it was given"
         )
-    original, of_moved = maps[:batch], maps[batch:]
+    return _agreement(maps[:batch], maps[batch:], params, count, top_fraction)
+
+
+def _agreement(
+    original: torch.Tensor,
+    of_moved: torch.Tensor,
+    params: AffineParams,
+    count: int,
+    top_fraction: float,
+) -> dict[str, torch.Tensor]:
+    """Per image, the statistics of attr(T x) (``of_moved``) against T(attr x) on the pixels
+    valid in both, averaged over the ``count`` transforms."""
+    batch, height, width = original.shape
     expected = warp(original.repeat(count, 1, 1)[:, None], params)[:, 0]
-    ones = torch.ones(len(params), 1, height, width, device=maps.device, dtype=maps.dtype)
+    ones = torch.ones(len(params), 1, height, width, device=original.device, dtype=original.dtype)
     valid = (warp(ones, params)[:, 0] > 1 - 1e-4).flatten(1)
     a, b = of_moved.flatten(1), expected.flatten(1)
     finite = finite_rows(of_moved) & finite_rows(original).repeat(count)
@@ -95,6 +107,6 @@ def stability(
         "topk_iou": stats.topk_iou(a, b, valid, top_fraction),
     }
     return {
-        name: torch.where(finite, value, torch.nan).view(count, batch).nanmean(0).to(maps.dtype)
+        name: torch.where(finite, value, torch.nan).view(count, batch).nanmean(0).to(original.dtype)
         for name, value in scores.items()
     }

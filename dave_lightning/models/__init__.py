@@ -2,10 +2,7 @@
 
 from dave_lightning.models.adapter import (
     FAMILIES,
-    IMAGENET_NORMALIZATION,
     ModelAdapter,
-    find_family,
-    logits_of,
     register_family,
 )
 from dave_lightning.models.bcos_family import BcosFamily
@@ -21,7 +18,6 @@ register_family(BcosFamily())
 
 __all__ = [
     "FAMILIES",
-    "IMAGENET_NORMALIZATION",
     "BcosFamily",
     "GenericFamily",
     "ModelAdapter",
@@ -30,7 +26,5 @@ __all__ = [
     "TimmFamily",
     "TorchvisionFamily",
     "TransformersFamily",
-    "find_family",
-    "logits_of",
     "register_family",
 ]

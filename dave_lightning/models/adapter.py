@@ -163,6 +163,17 @@ class ModelAdapter:
         answer = getattr(self.family, question)(self.root)
         return getattr(_GENERIC, question)(self.root) if answer is None else answer
 
+    def eval_transform(
+        self, size: tuple[int, int], normalization: Normalization
+    ) -> Callable[[Any], Any] | None:
+        """The family's own image → input transform for evaluation, or None."""
+        return self.family.eval_transform(self.root, size, normalization)
+
+    def head_name(self) -> str | None:
+        """The qualified name of the classification head within the model, or None."""
+        head = self.family.head(self.root)
+        return next((name for name, m in self.model.named_modules() if m is head), None)
+
     def normalization(self, mean: object | None = None, std: object | None = None) -> Normalization:
         """(mean, std) of the model's inputs: as given, else the model's own, else ImageNet's."""
         if (mean is None) != (std is None):

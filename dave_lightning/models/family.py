@@ -7,8 +7,9 @@ docs/architecture.md, "Support a new ViT family", shows how to add one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 
@@ -60,6 +61,13 @@ class ModelFamily:
 
     def head(self, root: nn.Module) -> nn.Module | None:
         """The classification head (the first module the sanity check re-initialises)."""
+        return None
+
+    def eval_transform(
+        self, root: nn.Module, size: tuple[int, int], normalization: Normalization
+    ) -> Callable[[Any], Any] | None:
+        """The family's own PIL image → input transform for evaluation at ``size`` (None: a
+        plain resize and normalisation)."""
         return None
 
     @contextmanager

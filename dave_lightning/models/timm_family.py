@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from dave_lightning.models.family import ModelFamily, Normalization, floats, size_pair
@@ -66,3 +70,11 @@ class TimmFamily(ModelFamily):
     def head(self, root: nn.Module) -> nn.Module | None:
         head = getattr(root, "head", None)
         return head if isinstance(head, nn.Module) else None
+
+    def eval_transform(
+        self, root: nn.Module, size: tuple[int, int], normalization: Normalization
+    ) -> Callable[[Any], Any] | None:
+        """timm's eval transform from the model's data config (resize, centre crop)."""
+        config = resolve_data_config({"input_size": (3, *size)}, model=root)
+        config.update(mean=normalization[0], std=normalization[1])
+        return create_transform(**config)

@@ -98,10 +98,8 @@ __all__ = [
     "ImageSink",
     "MlflowSink",
     "PngSink",
-    "SinkFactory",
     "TensorBoardSink",
     "WandbSink",
     "destinations",
     "register_sink",
-    "sink_factory",
 ]
