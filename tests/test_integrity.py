@@ -40,10 +40,14 @@ def _one_thread() -> Any:
 
 
 class StepCounter(pl.Callback):
-    """Counts the optimizer steps a fit took (0 when setup failed)."""
+    """Counts the optimizer steps a fit took, and whether it got past setup (``started``)."""
 
     def __init__(self) -> None:
         self.steps = 0
+        self.started = False
+
+    def on_fit_start(self, *args: Any) -> None:
+        self.started = True
 
     def on_train_batch_end(self, *args: Any) -> None:
         self.steps += 1
@@ -131,8 +135,25 @@ def test_an_explicit_snapshot_dir_holding_another_run_is_refused_at_setup(tmp_pa
     counter = StepCounter()
     second = DAVEMonitor(random_data(4), metrics=CHEAP, snapshot_dir=folder, **FAST)
     with pytest.raises(OSError, match="holds the snapshots of another run; pass a new"):
-        fit(tmp_path, [second, counter])
-    assert counter.steps == 0 and digest_tree(folder) == before
+        fit(tmp_path, [counter, second])
+    assert not counter.started and digest_tree(folder) == before
+
+
+def test_a_default_folder_holding_another_run_gives_way_to_a_sibling(tmp_path: Path) -> None:
+    """A logger told to reuse a version (one log dir for two runs) gets two snapshot folders."""
+    folders = []
+    for seed in (0, 1):
+        monitor = DAVEMonitor(random_data(4, seed=seed), metrics=CHEAP, **FAST)
+        logger = TensorBoardLogger(tmp_path, name="run", version=0)
+        fit(tmp_path, [monitor], logger=logger)
+        folders.append(monitor.snapshot_dir)
+    log_dir = tmp_path / "run" / "version_0"
+    assert folders == [log_dir / "dave", log_dir / "dave-1"]
+    for folder, seed in zip(folders, (0, 1), strict=True):
+        records = [load_snapshot(p) for p in list_snapshots(folder)]
+        assert [r["global_step"] for r in records] == [0, 2]
+        digest = DAVEMonitor(random_data(4, seed=seed)).probe.digest()
+        assert {r["settings"]["probe_sha256"] for r in records} == {digest}
 
 
 def checkpointed_run(root: Path, **monitor: Any) -> tuple[DAVEMonitor, str]:
@@ -254,6 +275,30 @@ def test_a_full_disk_publishes_nothing_leaves_no_partial_file_and_says_so(
     assert not (images / "step_00000002" / "dave_probe_0.png").exists()
 
 
+def test_a_picture_that_cannot_be_written_takes_back_the_whole_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dave_lightning.sinks.png as png_module
+
+    monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
+    logger = CSVLogger(tmp_path)
+    real_save = png_module.viz.save_png
+
+    def full_disk_at_the_grid_of_step_2(image: torch.Tensor, path: Path) -> None:
+        real_save(image, path)  # the file is written, then the disk is full
+        if path.parent.name == "step_00000002" and path.name == "dave_probe_grid.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(png_module.viz, "save_png", full_disk_at_the_grid_of_step_2)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        fit(tmp_path, [monitor], logger=logger)
+    assert [h["global_step"] for h in monitor.history] == [0]
+    assert csv_steps(logger, "dave/gini") == [0]
+    assert [p.name for p in list_snapshots(monitor.snapshot_dir)] == ["step_00000000.pt"]
+    step_2 = Path(logger.log_dir) / "images" / "step_00000002"
+    assert not any(p.name.startswith("dave_probe") for p in step_2.glob("*.png"))
+
+
 def test_a_snapshot_folder_deleted_mid_run_is_made_again_with_the_probe(tmp_path: Path) -> None:
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
 
@@ -274,8 +319,8 @@ def test_an_unwritable_snapshot_dir_is_an_error_at_setup(tmp_path: Path) -> None
     counter = StepCounter()
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, snapshot_dir=blocker / "dave", **FAST)
     with pytest.raises(OSError, match=f"cannot write snapshots to {blocker / 'dave'}"):
-        fit(tmp_path, [monitor, counter])
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor])
+    assert not counter.started
 
 
 def test_fast_dev_run_writes_no_snapshots_or_pngs(tmp_path: Path) -> None:
@@ -310,8 +355,8 @@ def test_a_metric_asked_for_without_its_inputs_is_a_setup_error(tmp_path: Path) 
     counter = StepCounter()
     monitor = DAVEMonitor((images, labels), metrics=("energy_pg",), **FAST)
     with pytest.raises(ValueError, match=r"energy_pg' needs masks: pass object masks .*masks\)"):
-        fit(tmp_path, [monitor, counter])
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor])
+    assert not counter.started
 
 
 def test_default_metrics_without_inputs_are_left_out_with_one_warning(tmp_path: Path) -> None:
@@ -330,10 +375,10 @@ def test_a_checkpoint_on_a_key_the_monitor_never_logs_is_a_setup_error(tmp_path:
     with pytest.raises(ValueError, match="energy_pg needs masks: pass object masks"):
         fit(
             tmp_path,
-            [DAVEMonitor((images, labels), **FAST), checkpoint, counter],
+            [counter, DAVEMonitor((images, labels), **FAST), checkpoint],
             enable_checkpointing=True,
         )
-    assert counter.steps == 0
+    assert not counter.started
 
 
 def test_early_stopping_before_the_first_evaluation_is_a_setup_error(tmp_path: Path) -> None:
@@ -341,8 +386,8 @@ def test_early_stopping_before_the_first_evaluation_is_a_setup_error(tmp_path: P
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, every_n_epochs=2, at_start=False)
     counter = StepCounter()
     with pytest.raises(ValueError, match="pass at_start=True"):
-        fit(tmp_path, [monitor, stop, counter], epochs=2)
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor, stop], epochs=2)
+    assert not counter.started
 
 
 def test_early_stopping_between_evaluations_sees_the_last_value(tmp_path: Path) -> None:
@@ -399,8 +444,8 @@ def test_a_probe_the_model_cannot_patchify_is_refused_at_setup(tmp_path: Path) -
     monitor = DAVEMonitor((images, labels, masks), metrics=("patch_artifact",), **FAST)
     counter = StepCounter()
     with pytest.raises(ValueError, match=r"size \(36, 36\) is not a multiple of .* patch size 8"):
-        fit(tmp_path, [monitor, counter], module=Padding())
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor], module=Padding())
+    assert not counter.started
 
 
 def test_dave_refuses_nan_inputs_with_a_clear_error() -> None:
