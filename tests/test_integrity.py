@@ -523,3 +523,111 @@ def test_early_stopping_records_the_epoch_each_evaluation_ran_in(tmp_path: Path)
     fit(tmp_path, [monitor, StopAfterEpochOne()], epochs=5)
     recorded = [(h["global_step"], h["epoch"]) for h in monitor.history]
     assert recorded == [(0, 0), (3, 1), (4, 1)]  # the end evaluation ran after epoch 1
+
+
+# ============================================================================ extension points
+
+
+@pytest.fixture
+def registered() -> Any:
+    """Registers specs for a test and removes them after it."""
+    from dave_lightning.metrics.registry import METRICS, register_metric
+
+    names: list[str] = []
+
+    def add(spec: Any) -> None:
+        register_metric(spec)
+        names.append(spec.name)
+
+    yield add
+    for name in names:
+        del METRICS[name]
+
+
+def test_a_registered_metric_gets_the_drift_references_and_grid_it_needs(
+    tmp_path: Path, registered: Any
+) -> None:
+    from dave_lightning.metrics import MetricSpec, MetricValues
+
+    def moved(inputs: Any) -> MetricValues:
+        previous = inputs.references["previous"]
+        return MetricValues({"moved": (inputs.maps - previous).abs().flatten(1).mean(1)})
+
+    def cells(inputs: Any) -> MetricValues:
+        return MetricValues({"cells": inputs.grid.cells.float()})
+
+    registered(MetricSpec("moved", moved, needs=frozenset({"references"}), dave_only=True))
+    registered(MetricSpec("cells", cells, needs=frozenset({"grid"}), unit="grid", slow=True))
+    monitor = DAVEMonitor(random_data(8), metrics=("moved", "cells"), **FAST)
+    fit(tmp_path, [monitor], epochs=2)
+    first, second = monitor.history[0]["metrics"], monitor.history[1]["metrics"]
+    assert "moved" not in first and second["moved"] > 0  # from the second evaluation on
+    assert first["cells"] == pytest.approx(1.5)  # the mean cell index of 2×2 grids
+
+
+def test_a_curve_metric_named_without_underscores_is_drawn(tmp_path: Path, registered: Any) -> None:
+    from dave_lightning.metrics import CurveFigure, ItemCurve, MetricSpec, MetricValues
+
+    def sweep(inputs: Any) -> MetricValues:
+        x = torch.linspace(0, 1, 3)
+        values = inputs.maps.flatten(1).mean(1, keepdim=True) * x
+        return MetricValues({"sweep": values[:, -1]}, {"sweep": ItemCurve(x, values, "mean")})
+
+    registered(MetricSpec("sweep", sweep, figure=CurveFigure("Sweep", "x", "y")))
+    monitor = DAVEMonitor(random_data(4), metrics=("sweep",), **FAST)
+    fit(tmp_path, [monitor])
+    assert [h["global_step"] for h in monitor.history] == [0, 2]
+    record = load_snapshot(list_snapshots(monitor.snapshot_dir)[-1])
+    assert record["curves"]["dave/sweep"]["label"] == "mean"
+    assert (monitor.snapshot_dir / "png" / "step_00000002" / "dave_deletion_curves.png").exists()
+
+
+def test_a_sink_for_a_logger_subclass_wins_over_its_base_class(tmp_path: Path) -> None:
+    from dave_lightning.sinks import SINKS, ImageSink, register_sink
+
+    tags: list[str] = []
+
+    class Recording(ImageSink):
+        def __init__(self, logger: TensorBoardLogger) -> None:
+            self.logger = logger
+
+        def log_image(self, tag: str, image: torch.Tensor, step: int, caption: Any = None) -> None:
+            tags.append(tag)
+
+    class MyTensorBoard(TensorBoardLogger):
+        pass
+
+    register_sink(MyTensorBoard, Recording)
+    try:
+        monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
+        fit(tmp_path, [monitor], logger=MyTensorBoard(tmp_path, name="mine"))
+    finally:
+        del SINKS[MyTensorBoard]
+    assert "dave/probe/0" in tags
+
+
+def test_registering_a_taken_name_is_refused_unless_replace() -> None:
+    from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogger
+
+    from dave_lightning.attribution import METHODS, register_method
+    from dave_lightning.metrics import MetricSpec
+    from dave_lightning.metrics.registry import METRICS, register_metric
+    from dave_lightning.models import FAMILIES, register_family
+    from dave_lightning.models.timm_family import TimmFamily
+    from dave_lightning.sinks import SINKS, register_sink
+
+    builtin_gini, builtin_method = METRICS["gini"], METHODS["input_x_gradient"]
+    with pytest.raises(ValueError, match=r"'gini' is already registered; .* replace=True"):
+        register_metric(MetricSpec("gini", lambda inputs: None))
+    with pytest.raises(ValueError, match="'input_x_gradient' is already registered"):
+        register_method("input_x_gradient", lambda model, batch_size: None)
+    with pytest.raises(ValueError, match="'timm' is already registered"):
+        register_family(TimmFamily())
+    with pytest.raises(ValueError, match="TensorBoardLogger has a sink already"):
+        register_sink(FabricTensorBoardLogger, lambda logger: None)
+    assert METRICS["gini"] is builtin_gini and METHODS["input_x_gradient"] is builtin_method
+    timm_families = [family for family in FAMILIES if family.name == "timm"]
+    replacement = register_family(TimmFamily(), replace=True)
+    assert [family for family in FAMILIES if family.name == "timm"] == [replacement]
+    assert len(timm_families) == 1
+    assert len(SINKS) >= 4
