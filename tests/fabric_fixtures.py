@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
-from lightning_fixtures import loader
-from tiny_models import timm_vit
+from lightning_fixtures import dropout_vit, loader
 from torch import nn
 
 PROBE_SIZE = 7
@@ -16,12 +15,12 @@ OPTIONS = {"n_samples": 2, "deletion_steps": 4, "max_images": 1, "slow_metrics_e
 
 
 class Counting(nn.Module):
-    """The tiny timm ViT; counts the images its forward sees in eval mode (the monitor's
-    passes) at each training step."""
+    """The tiny timm ViT with dropout (training draws from the global RNG and depends on the
+    mode); counts the images its forward sees in eval mode (the monitor's passes) per step."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = timm_vit()
+        self.model = dropout_vit()
         self.step = 0
         self.counts: dict[str, int] = {}
 

@@ -46,7 +46,8 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def train(out: Path, callback: DAVETrainerCallback | None) -> Trainer:
-    """4 optimizer steps (one epoch) with an HF evaluation every 2, from seeded weights."""
+    """4 optimizer steps (one epoch) with an HF evaluation every 2, from seeded weights, with
+    dropout (training draws from the global RNG)."""
     torch.manual_seed(0)
     args = TrainingArguments(
         output_dir=str(out),
@@ -62,7 +63,7 @@ def train(out: Path, callback: DAVETrainerCallback | None) -> Trainer:
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=hf_model("vit").train(),
+        model=hf_model("vit", hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2),
         args=args,
         data_collator=collate,
         train_dataset=RawImages(16, seed=0),
