@@ -5,6 +5,7 @@ unchanged."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import torch
 from fabric_fixtures import OPTIONS, PROBE_SIZE, Counting, fit, same_weights
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from lightning_fixtures import random_data
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -31,7 +32,7 @@ import torch
 torch.set_num_threads(1)
 from fabric_fixtures import OPTIONS, PROBE_SIZE, fit, same_weights
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from lightning_fixtures import random_data
 from dave_lightning.integrations.fabric import FabricMonitor
 
@@ -74,10 +75,18 @@ def bf16_fits(tmp_path_factory: pytest.TempPathFactory) -> dict:
             devices=1,
             precision="bf16-mixed",
             callbacks=[monitor],
-            loggers=TensorBoardLogger(out / f"watched_{watched}", name="run", version=0),
+            loggers=[
+                TensorBoardLogger(out / f"watched_{watched}", name="run", version=0),
+                CSVLogger(out / f"csv_{watched}", name="run", version=0),
+            ],
         )
         fits[watched] = (fit(fabric, watched), monitor)
-    return {"plain": fits[False][0], "watched": fits[True][0], "monitor": fits[True][1]}
+    return {
+        "plain": fits[False][0],
+        "watched": fits[True][0],
+        "monitor": fits[True][1],
+        "csv": out / "csv_True" / "run" / "version_0",
+    }
 
 
 def test_bf16_mixed_training_is_bitwise_unchanged(bf16_fits: dict) -> None:
@@ -98,6 +107,19 @@ def test_scalars_and_pictures_reach_fabrics_logger(bf16_fits: dict) -> None:
     assert {"dave/probe/0", "dave/probe_grid", "dave/progression/0"} <= set(
         accumulator.Tags()["images"]
     )
+
+
+def test_a_csv_logger_holds_the_scalars_at_train_end_and_pngs_of_the_pictures(
+    bf16_fits: dict,
+) -> None:
+    """Fabric never finalises its loggers, and a CSVLogger writes its file only on save: the
+    monitor flushes them at train end. Pictures for a logger without images are PNG files."""
+    with (bf16_fits["csv"] / "metrics.csv").open() as file:
+        rows = [row for row in csv.DictReader(file) if row.get("dave/energy_pg")]
+    recorded = [h["metrics"]["energy_pg"] for h in bf16_fits["monitor"].history]
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]
+    assert [float(row["dave/energy_pg"]) for row in rows] == pytest.approx(recorded)
+    assert (bf16_fits["csv"] / "images" / "step_00000004" / "dave_probe_0.png").is_file()
 
 
 def test_snapshots_are_read_by_compare(bf16_fits: dict) -> None:

@@ -234,7 +234,9 @@ class ProbeMonitor:
         if collective.rank == 0:
             for logger in self._destinations.loggers:
                 if hasattr(logger, "log_hyperparams"):
-                    logger.log_hyperparams(self.hyperparameters())
+                    # Fabric's CSVLogger declares the method and raises NotImplementedError
+                    with contextlib.suppress(NotImplementedError):
+                        logger.log_hyperparams(self.hyperparameters())
 
     def _run_folder(self) -> Path:
         """Where this run's snapshots go: the resumed run's folder, else the candidate (or,
