@@ -18,7 +18,9 @@ from dave_lightning.compare import compare_snapshots
 from dave_lightning.integrations.transformers import DAVETrainerCallback
 from dave_lightning.snapshot import list_snapshots, load_snapshot
 
-STEPS = [0, 2, 4]  # at_start, the HF evaluation at step 2, the end of the (only) epoch
+# at_start, the HF evaluation at step 3, the end of the first epoch (4 steps), the HF evaluation
+# and the end of training at step 6
+STEPS = [0, 3, 4, 6]
 
 
 class RawImages(Dataset):
@@ -46,16 +48,16 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def train(out: Path, callback: DAVETrainerCallback | None) -> Trainer:
-    """4 optimizer steps (one epoch) with an HF evaluation every 2, from seeded weights, with
+    """6 optimizer steps (epochs of 4) with an HF evaluation every 3, from seeded weights, with
     dropout (training draws from the global RNG)."""
     torch.manual_seed(0)
     args = TrainingArguments(
         output_dir=str(out),
-        max_steps=4,
+        max_steps=6,
         per_device_train_batch_size=4,
         eval_strategy="steps",
-        eval_steps=2,
-        metric_for_best_model="dave/gini" if callback else None,
+        eval_steps=3,
+        metric_for_best_model="dave/grid_pg" if callback else None,
         save_strategy="no",
         report_to=["tensorboard"],
         use_cpu=True,
@@ -120,11 +122,14 @@ def test_log_history_holds_the_values_at_the_evaluation_steps(fits: dict) -> Non
 
 
 def test_metric_for_best_model_selects_on_the_dave_metric(fits: dict) -> None:
-    """HF looks ``dave/gini`` up as ``eval_dave/gini`` in each evaluation's metrics (steps 2
-    and 4; greater is better)."""
-    by_step = {h["global_step"]: h["metrics"]["gini"] for h in fits["callback"].history}
-    assert fits["watched"].state.best_metric == max(by_step[2], by_step[4])
-    assert fits["watched"].evaluate()["eval_dave/gini"] == by_step[4]
+    """HF looks ``dave/grid_pg`` up as ``eval_dave/grid_pg`` in the metrics of its evaluations
+    (steps 3 and 6; greater is better). The slow grid_pg is computed at the first and the last
+    evaluation only (steps 0 and 6): the HF evaluation at step 3 sees the value of step 0."""
+    history = fits["callback"].history
+    by_step = {h["global_step"]: h["metrics"].get("grid_pg") for h in history}
+    assert by_step[3] is None and None not in (by_step[0], by_step[6])
+    assert fits["watched"].state.best_metric == max(by_step[0], by_step[6])
+    assert fits["watched"].evaluate()["eval_dave/grid_pg"] == by_step[6]
 
 
 def test_snapshots_go_to_the_output_dir_and_compare_reads_them(fits: dict) -> None:
