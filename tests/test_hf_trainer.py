@@ -119,6 +119,7 @@ def test_log_history_holds_the_values_at_the_evaluation_steps(fits: dict) -> Non
     history = fits["callback"].history
     assert [entry["dave/gini"] for entry in entries] == [h["metrics"]["gini"] for h in history]
     assert [h["global_step"] for h in history] == STEPS
+    assert [h["epoch"] for h in history] == [0, 0, 0, 1]  # 0-based; step 4 ends epoch 0
 
 
 def test_metric_for_best_model_selects_on_the_dave_metric(fits: dict) -> None:
