@@ -29,6 +29,7 @@ PAGES = {
     "InputXGradient": "method.md",
     "InputXEffective": "method.md",
     "DAVEMonitor": "callback.md",
+    "ProbeMonitor": "beyond_the_trainer.md",
 }
 
 
