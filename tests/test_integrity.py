@@ -631,3 +631,28 @@ def test_registering_a_taken_name_is_refused_unless_replace() -> None:
     assert [family for family in FAMILIES if family.name == "timm"] == [replacement]
     assert len(timm_families) == 1
     assert len(SINKS) >= 4
+
+
+def test_the_keys_known_at_setup_are_the_keys_an_evaluation_logs(tmp_path: Path) -> None:
+    """What checkpoint callbacks are checked against and the chart layout is made of."""
+    images, labels, masks = random_data(8)
+    corner = torch.zeros_like(masks)
+    corner[:, :8, :8] = True
+    monitor = DAVEMonitor(
+        (images, labels, masks),
+        regions={"corner": corner},
+        metrics=("energy_pg", "deletion", "sanity", "drift"),
+        deletion_baseline="zero",
+        compare_methods=("input_x_gradient",),
+        every_n_epochs=1,
+        **FAST,
+    )
+    watch = ModelCheckpoint(monitor="dave/input_x_gradient/deletion_morf_zero", mode="min")
+    fit(tmp_path, [monitor, watch], epochs=2, enable_checkpointing=True)
+    known = monitor.monitor.metric_keys()
+    for entry in monitor.history:
+        logged = {k for k in entry["metrics"]} | {
+            f"{k}/{bound}" for k in entry["intervals"] for bound in ("low", "high")
+        }
+        assert logged <= known, logged - known
+    assert {"region_corner", "sanity/input_x_gradient", "drift_first_spearman"} <= known

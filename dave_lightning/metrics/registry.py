@@ -365,12 +365,17 @@ def metric_keys(
     """Every key the ``specs`` log for DAVE and each compared method (``<method>/<key>``), with
     the spec that logs it."""
     keys = {}
-    for method in ("dave", *methods):
+    everyone = ("dave", *methods)
+    for method in everyone:
         prefix = "" if method == "dave" else f"{method}/"
+        own = KeyContext(
+            method=method,
+            methods=everyone,
+            regions=context.regions,
+            deletion_baseline=context.deletion_baseline,
+        )
         for spec in specs:
-            for key in spec.keys_for(
-                KeyContext(method, context.regions, context.deletion_baseline)
-            ):
+            for key in spec.keys_for(own):
                 keys[prefix + key] = spec
     return keys
 
