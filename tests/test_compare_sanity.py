@@ -147,6 +147,7 @@ def test_a_model_without_blocks_is_refused_before_any_evaluation(
     trainer.fit(PlainLit(), DataLoader(data, batch_size=4))
     trainer.save_checkpoint(tmp_path / "plain.ckpt")
     args = ("compare", "--checkpoints", tmp_path / "plain.ckpt", "--module", __name__ + ":PlainLit")
-    code, stderr = call_cli(capsys, *args, "--sanity", *FAST, "--out", tmp_path / "report")
+    options = ("--sanity", "--image-size", str(PLAIN_SIZE), "--metrics", "gini", *FAST)
+    code, stderr = call_cli(capsys, *args, *options, "--out", tmp_path / "report")
     assert_usage_error(code, stderr, "--sanity re-initialises", "cannot find them in PlainLit")
     assert not (tmp_path / "report").exists()
