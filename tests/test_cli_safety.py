@@ -244,7 +244,7 @@ BEFORE_THE_MODEL = [
     (COMPARE + " --tensorboard {file}", "--tensorboard"),
     (COMPARE + " --tensorboard {file}/tb", "--tensorboard"),
     (COMPARE + " --metrics gini nope", "unknown --metrics ['nope']"),
-    (COMPARE + " --compare-methods nope", "unknown --compare-methods ['nope']"),
+    (COMPARE + " --compare-methods nope", "unknown --compare-methods 'nope'"),
     (COMPARE + " --deletion-baseline nope", "--deletion-baseline must be one of"),
     (COMPARE + " --deletion-steps 1", "--deletion-steps must be >= 2, got 1"),
     (COMPARE + " --grid-k 0", "--grid-k: must be >= 1, got 0"),
