@@ -229,12 +229,16 @@ def _curves(inputs: MetricInputs, kind: str) -> MetricValues:
     return result
 
 
-def _curve_keys(kind: str) -> Callable[[KeyContext], tuple[str, ...]]:
+def _curve_spec(kind: str, figure: CurveFigure) -> MetricSpec:
+    """The slow metric of the ``kind`` (deletion, insertion) curves."""
+
     def keys(context: KeyContext) -> tuple[str, ...]:
         orders = _orders(kind, context.method)
         return tuple(f"{kind}_{order}_{context.deletion_baseline}" for order in orders)
 
-    return keys
+    return MetricSpec(
+        kind, lambda inputs: _curves(inputs, kind), slow=True, keys=keys, figure=figure
+    )
 
 
 def _sanity(inputs: MetricInputs) -> MetricValues:
@@ -307,19 +311,11 @@ for _spec in (
         keys=lambda context: tuple(f"stability_{key}" for key in STABILITY_STATISTICS),
     ),
     MetricSpec("grid_pg", _grid_pg, slow=True, needs=frozenset({"grid"}), unit="grid"),
-    MetricSpec(
-        "deletion",
-        lambda inputs: _curves(inputs, "deletion"),
-        slow=True,
-        keys=_curve_keys("deletion"),
-        figure=CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY),
+    _curve_spec(
+        "deletion", CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY)
     ),
-    MetricSpec(
-        "insertion",
-        lambda inputs: _curves(inputs, "insertion"),
-        slow=True,
-        keys=_curve_keys("insertion"),
-        figure=CurveFigure("Pixel insertion", "fraction of pixels inserted", PROBABILITY),
+    _curve_spec(
+        "insertion", CurveFigure("Pixel insertion", "fraction of pixels inserted", PROBABILITY)
     ),
     MetricSpec(
         "drift",
