@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 PROG = "dave-lightning"
 
 #: Built-in names for the help text, which must not import torch to list them; the registries
-#: (``metrics.registry.metric_names()``, ``attribution.METHODS``, ``metrics.faithfulness
-#: .BASELINES``) decide what is accepted, and tests/test_cli_safety.py keeps these equal to them.
+#: (``metrics.registry.metric_names()`` and the opt-in rest of ``selectable_metric_names()``,
+#: ``attribution.METHODS``, ``metrics.faithfulness.BASELINES``) decide what is accepted, and
+#: tests/test_cli_safety.py keeps these equal to them.
 BUILTIN_METRICS = (
     "energy_pg",
     "gini",
@@ -44,9 +45,12 @@ BUILTIN_METRICS = (
     "stability",
     "grid_pg",
     "deletion",
+    "insertion",
     "drift",
 )
-BUILTIN_METHODS = ("input_x_gradient", "input_x_effective")
+OPT_IN_METRICS = ("sanity",)
+BUILTIN_METHODS = ("input_x_gradient", "input_x_effective", "attention_rollout", "grad_rollout")
+CAPTUM_EXAMPLES = ("captum:IntegratedGradients", "captum:Saliency", "captum:NoiseTunnel(Saliency)")
 DELETION_BASELINES = ("blur", "zero", "mean")
 
 COMPARE_SUMMARY = "compare attributions across monitor snapshots, checkpoints or HF directories"
@@ -72,6 +76,9 @@ report files (in --out):
   metrics.md/.csv/.json  metrics of every evaluation (CSV: one row per evaluation)
   drift_spearman.csv, drift_topk_iou.csv, drift.png
                        mean drift between every pair of evaluations (1 = same map)
+  sanity.csv, sanity.png
+                       with --sanity: the model-randomization check of DAVE and each compared
+                       method on the last checkpoint; metrics.md says which methods fail it
 """
 
 EXPLAIN_SUMMARY = "DAVE maps of image files: a timm model, a Lightning checkpoint, an HF directory"
@@ -132,6 +139,7 @@ FLAGS = {
     "pretrained=True": "--pretrained",
     "mean": "--mean",
     "std": "--std",
+    "sanity=True": "--sanity",
 }
 
 
@@ -304,15 +312,23 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--metrics",
         nargs="+",
         metavar="METRIC",
-        help=f"metrics to compute: {', '.join(BUILTIN_METRICS)}, or ones your code registers "
-        "(default: all)",
+        help=f"metrics to compute: {', '.join(BUILTIN_METRICS)}, the opt-in "
+        f"{', '.join(OPT_IN_METRICS)} (each method rerun on the model re-initialised block by "
+        "block), or ones your code registers (default: all but the opt-in ones)",
     )
     evaluation.add_argument(
         "--compare-methods",
         nargs="*",
         metavar="METHOD",
-        help=f"baselines evaluated next to DAVE: {', '.join(BUILTIN_METHODS)}, or ones your "
-        "code registers (default: the monitor's; none when given without names)",
+        help=f"baselines evaluated next to DAVE: {', '.join(BUILTIN_METHODS)}, a Captum method "
+        f"captum:<Class> ({', '.join(CAPTUM_EXAMPLES)}), or ones your code registers "
+        "(default: the monitor's; none when given without names)",
+    )
+    evaluation.add_argument(
+        "--sanity",
+        action="store_true",
+        help="run the model-randomization sanity check of DAVE and each compared method on "
+        "the last checkpoint: sanity.csv, sanity.png, and which methods fail in metrics.md",
     )
     evaluation.add_argument(
         "--deletion-steps",
@@ -549,6 +565,11 @@ def run_compare_command(args: argparse.Namespace) -> int:
         check_output_dir(args.tensorboard, "--tensorboard")
     if args.paths and args.checkpoints:
         raise UsageError("give snapshot paths or --checkpoints, not both")
+    if args.sanity and not args.checkpoints:
+        raise UsageError(
+            "--sanity re-initialises a model's weights, and snapshots hold no model; run it "
+            "with --checkpoints"
+        )
     if args.checkpoints:
         comparison = _compare_checkpoints(args)
     elif args.paths:
@@ -572,9 +593,10 @@ def run_compare_command(args: argparse.Namespace) -> int:
     write_report(comparison, args.out, tensorboard=args.tensorboard, progress=not args.quiet)
     if not args.quiet:
         count = comparison.entries[0].evaluation.maps["dave"].shape[0]
+        sanity = ", sanity.csv, sanity.png" if comparison.sanity is not None else ""
         print(
             f"compared {len(comparison.entries)} evaluations of {count} probe images → "
-            f"{args.out}/ (metrics.md, drift.png, maps_probe_*.png)"
+            f"{args.out}/ (metrics.md, drift.png, maps_probe_*.png{sanity})"
         )
     return 0
 
@@ -604,6 +626,7 @@ def _compare_checkpoints(args: argparse.Namespace) -> Comparison:
         options=options,
         trust=args.trust_checkpoint,
         device=device,
+        sanity=args.sanity,
         progress=not args.quiet,
         **_given(args, ("probe", "num_probe")),
     )
@@ -670,7 +693,7 @@ def _evaluation_options(args: argparse.Namespace) -> EvaluationOptions:
     given = _given(args, [f.name for f in fields(EvaluationOptions)])
     try:
         return EvaluationOptions(**given)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ImportError) as error:  # ImportError: a Captum name
         raise UsageError(_as_flags(str(error), given)) from error
 
 

@@ -8,6 +8,7 @@ a fit, each probe image's DAVE map across evaluations.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from dave_lightning import viz
+from dave_lightning.attribution.methods import CAPTUM_PREFIX
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.metrics.registry import curve_figure
 from dave_lightning.sinks import ImageSink
@@ -29,9 +31,24 @@ WRONG = (0.85, 0.1, 0.1)
 MAX_PROGRESSION_COLUMNS = 12
 
 
+_CAPTUM_NAME = re.compile(r"(\w+)(?:\((\w+)\))?")
+
+
 def method_title(name: str) -> str:
-    """How a method is named in pictures."""
-    return METHOD_TITLES.get(name, name.replace("_", " "))
+    """How a method is named in pictures: a Captum method by its class in words, "(NT)" for
+    the noise tunnel (``captum:IntegratedGradients`` → "Integrated Gradients",
+    ``captum:NoiseTunnel(Saliency)`` → "Saliency (NT)"), short enough for a 128-px column."""
+    if name in METHOD_TITLES:
+        return METHOD_TITLES[name]
+    match = _CAPTUM_NAME.fullmatch(name.removeprefix(CAPTUM_PREFIX))
+    if name.startswith(CAPTUM_PREFIX) and match is not None:
+        return f"{_words(match[2])} (NT)" if match[2] else _words(match[1])
+    return name.replace("_", " ")
+
+
+def _words(camel_case: str) -> str:
+    """``InputXGradient`` → "Input X Gradient"."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", camel_case)
 
 
 def prediction_caption(evaluation: Evaluation, index: int) -> tuple[str, bool]:

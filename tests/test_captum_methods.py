@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import random
 import sys
+from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 from hf_models import hf_model
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_fixtures import TinyClassifier, loader, random_data
+from PIL import Image, ImageDraw, ImageFont
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_models import timm_vit
 
+from dave_lightning import DAVEMonitor, viz
 from dave_lightning.attribution import CaptumMethod, method_factory, postprocess
 from dave_lightning.models import ModelAdapter
+from dave_lightning.panels import method_title
+from dave_lightning.snapshot import list_snapshots, load_evaluation
 
 SEED = 3
 
@@ -141,3 +150,64 @@ def test_bad_arguments() -> None:
         CaptumMethod(model, "Saliency", attribute_kwargs={"internal_batch_size": 2})
     with pytest.raises(TypeError, match="attribute"):
         CaptumMethod(model, object())
+
+
+def test_a_captum_method_compared_in_a_monitor_fit(tmp_path: Path) -> None:
+    """Its maps in the snapshot are Captum's own of the final weights, post-processed; its
+    metrics are logged; the probe panels have its column."""
+    images, labels, masks = random_data(4, seed=5)
+    monitor = DAVEMonitor(
+        (images, labels, masks),
+        compare_methods=("captum:Saliency",),
+        metrics=("energy_pg", "gini", "deletion", "insertion"),
+        n_samples=2,
+        deletion_steps=4,
+        max_images=1,
+    )
+    pl.seed_everything(0, verbose=False)
+    module = TinyClassifier()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        callbacks=[monitor],
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, loader(16))
+    assert [entry["global_step"] for entry in monitor.history] == [0, 2]
+    last = load_evaluation(list_snapshots(Path(trainer.log_dir) / "dave")[-1])
+    expected = Saliency(module.model.eval()).attribute(images, target=labels)
+    torch.testing.assert_close(
+        last.maps["captum:Saliency"], postprocess(expected), atol=1e-5, rtol=0
+    )
+
+    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    for key in ("energy_pg", "gini", "deletion_morf_blur", "insertion_morf_blur"):
+        logged = events.Scalars(f"dave/captum:Saliency/{key}")
+        assert [event.value for event in logged] == pytest.approx(
+            [entry["metrics"][f"captum:Saliency/{key}"] for entry in monitor.history]
+        ), key
+    three = viz.labelled_panel([torch.zeros(3, 32, 32)] * 3, [""] * 3, "caption")
+    size = (three.shape[2], three.shape[1])  # the image, DAVE's map and Saliency's
+    panels = events.Images("dave/probe/0")
+    assert [(panel.step, panel.width, panel.height) for panel in panels] == [(0, *size), (2, *size)]
+
+
+@pytest.mark.parametrize(
+    ("name", "title"),
+    [
+        ("captum:Saliency", "Saliency"),
+        ("captum:IntegratedGradients", "Integrated Gradients"),
+        ("captum:NoiseTunnel(Saliency)", "Saliency (NT)"),
+        ("captum:InputXGradient", "Input X Gradient"),  # not "input x gradient", the built-in's
+    ],
+)
+def test_panel_titles_of_captum_methods_fit_their_column(name: str, title: str) -> None:
+    assert method_title(name) == title
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = draw.textlength(title, font=ImageFont.load_default(size=viz.TEXT_SIZE))
+    assert width <= viz.MIN_TILE  # the narrowest column: tiles are enlarged to 128 px

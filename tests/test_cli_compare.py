@@ -185,6 +185,48 @@ def test_compare_checkpoints(checkpoints: list[Path], tmp_path: Path) -> None:
     assert Image.open(out / "maps_probe_0.png").size == panel_size(3)
 
 
+def test_compare_checkpoints_with_captum_and_rollouts_shows_insertion_beside_deletion(
+    checkpoints: list[Path], tmp_path: Path
+) -> None:
+    """Every compared method by name, its metrics in the report and TensorBoard, and the curve
+    figure with a panel per curve metric."""
+    methods = ("captum:Saliency", "attention_rollout", "grad_rollout")
+    args = ("--checkpoints", *checkpoints, "--module", "cli_fixtures:TinyLit")
+    options = ("--metrics", "gini", "deletion", "insertion", "--deletion-steps", "4")
+    result = run_cli(
+        "compare",
+        *args,
+        *options,
+        *FAST,
+        "--compare-methods",
+        *methods,
+        "--out",
+        tmp_path / "report",
+        "--tensorboard",
+        tmp_path / "tb",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    markdown = (tmp_path / "report" / "metrics.md").read_text()
+    curve_keys = ("deletion_lerf_blur", "deletion_morf_blur", "insertion_morf_blur")
+    keys = [
+        f"{prefix}{key}"
+        for prefix in ("", *(f"{method}/" for method in methods))
+        for key in ("gini", *curve_keys, "insertion_lerf_blur")
+    ]
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    for key in keys:
+        values = [e["metrics"][key] for e in report["evaluations"]]
+        assert all(np.isfinite(values)), key
+        assert f"| {key} |" in markdown, key
+        logged = [event.value for event in events.Scalars(f"dave/{key}")]
+        assert logged == pytest.approx(values), key
+    assert report["settings"]["compare_methods"] == list(methods)
+    figures = events.Images("dave/deletion_curves")
+    assert [(f.step, f.width, f.height) for f in figures] == [(1, 900, 320), (2, 900, 320)]
+
+
 def test_same_checkpoint_twice_is_reproducible(
     checkpoints: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -293,6 +335,18 @@ BAD_INPUTS = [
         "cannot read image",
     ),
     ("compare --checkpoints {ckpt} --module cli_fixtures:TinyLit --probe {root}/x", "no such"),
+    (
+        "compare --checkpoints {ckpt} --module cli_fixtures:TinyLit --compare-methods nope",
+        "unknown --compare-methods 'nope'; choose from ['input_x_gradient',",
+    ),
+    (
+        "compare --checkpoints {ckpt} --module cli_fixtures:TinyLit --compare-methods captum:Nope",
+        "unknown Captum method 'captum:Nope'; use captum:<Class>",
+    ),
+    (
+        "compare --checkpoints {ckpt} --module cli_fixtures:TinyLit --metrics nope",
+        "unknown --metrics ['nope']; choose from ['energy_pg',",
+    ),
 ]
 
 

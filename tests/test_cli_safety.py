@@ -244,7 +244,7 @@ BEFORE_THE_MODEL = [
     (COMPARE + " --tensorboard {file}", "--tensorboard"),
     (COMPARE + " --tensorboard {file}/tb", "--tensorboard"),
     (COMPARE + " --metrics gini nope", "unknown --metrics ['nope']"),
-    (COMPARE + " --compare-methods nope", "unknown --compare-methods ['nope']"),
+    (COMPARE + " --compare-methods nope", "unknown --compare-methods 'nope'"),
     (COMPARE + " --deletion-baseline nope", "--deletion-baseline must be one of"),
     (COMPARE + " --deletion-steps 1", "--deletion-steps must be >= 2, got 1"),
     (COMPARE + " --grid-k 0", "--grid-k: must be >= 1, got 0"),
@@ -314,9 +314,11 @@ assert not heavy, f"--help imported {heavy}"
 from dave_lightning import cli
 from dave_lightning.attribution import METHODS
 from dave_lightning.metrics.faithfulness import BASELINES
-from dave_lightning.metrics.registry import metric_names
+from dave_lightning.metrics.registry import metric_names, selectable_metric_names
 
 assert cli.BUILTIN_METRICS == metric_names(), (cli.BUILTIN_METRICS, metric_names())
+opt_in = tuple(name for name in selectable_metric_names() if name not in metric_names())
+assert cli.OPT_IN_METRICS == opt_in, (cli.OPT_IN_METRICS, opt_in)
 assert cli.BUILTIN_METHODS == tuple(METHODS), (cli.BUILTIN_METHODS, tuple(METHODS))
 assert cli.DELETION_BASELINES == BASELINES, (cli.DELETION_BASELINES, BASELINES)
 """
@@ -333,7 +335,7 @@ def test_help_loads_no_deep_learning_library() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    for name in ("energy_pg", "deletion", "input_x_effective", "blur"):
+    for name in ("energy_pg", "insertion", "sanity", "grad_rollout", "captum:Saliency", "blur"):
         assert name in result.stdout
 
 

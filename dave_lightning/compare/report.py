@@ -1,5 +1,5 @@
 """The comparison report: per-image panels, metric tables with intervals and significance
-tests, drift matrices, a TensorBoard run.
+tests, drift matrices, the sanity check, a TensorBoard run.
 
 Evaluations are numbered ``#0``, ``#1``, … in the order of ``metrics.md``'s table; the panels'
 columns, ``significance.csv`` and the drift heatmap's ticks use those numbers.
@@ -32,6 +32,7 @@ from dave_lightning.compare.significance import (
 )
 from dave_lightning.compare.sources import Comparison
 from dave_lightning.core.errors import UsageError
+from dave_lightning.metrics.sanity import SANITY_THRESHOLD, cascade_figure, sanity_fails
 from dave_lightning.sinks import TensorBoardSink
 
 DRIFT_TITLES = {"spearman": "Spearman", "topk_iou": "top-10 % IoU"}
@@ -53,6 +54,8 @@ def write_report(
     written = write_map_panels(comparison, out, progress=progress)
     written += write_metrics(comparison, out)
     written += write_drift(comparison, out)
+    if comparison.sanity is not None:
+        written += write_sanity(comparison, out)
     if tensorboard is not None:
         write_tensorboard(comparison, Path(tensorboard), progress=progress)
     return written
@@ -197,6 +200,7 @@ def markdown_report(
             "", numbers, numbers, [[f"{v:.4f}" for v in row] for row in matrix.tolist()]
         )
     lines += ["", *_reliability_section(comparison, numbers, intervals)]
+    lines += _sanity_section(comparison)
     return "\n".join(lines) + "\n"
 
 
@@ -278,6 +282,84 @@ def _reliability_section(
         "",
         *_markdown_table("", numbers, ["map reliability"], [cells]),
     ]
+
+
+def _sanity_section(comparison: Comparison) -> list[str]:
+    """Which methods fail the sanity check: the cascade's table when it ran, and the
+    ``sanity/<method>`` metrics of the evaluations that computed them; nothing when neither."""
+    parts = [
+        part for part in (_cascade_lines(comparison), _sanity_metric_lines(comparison)) if part
+    ]
+    if not parts:
+        return []
+    lines = ["", "## Sanity check (model randomization)", ""]
+    for part in parts:
+        lines += [*part, ""]
+    return lines[:-1]
+
+
+def _cascade_lines(comparison: Comparison) -> list[str]:
+    """The cascade's verdicts: Spearman and IoU at full cascade per method, and who fails."""
+    check = comparison.sanity
+    if check is None:
+        return []
+    entry = comparison.entries[check.evaluation]
+    rows = [f"`{method}`" for method in check.cascades]
+    cells = []
+    for cascade in check.cascades.values():
+        _, spearman, iou = cascade.summary()[-1]  # full cascade
+        cells.append([f"{spearman:.4f}", f"{iou:.4f}", "fail" if cascade.fails() else "pass"])
+    failing = ", ".join(f"`{method}`" for method in check.failing())
+    return [
+        f"On #{check.evaluation} ({entry.label}), each method's maps after the model's head and "
+        "blocks were re-initialised, from the output down to the first block, against its maps "
+        "of the model (mean over the probe; every step in `sanity.csv`, drawn in `sanity.png`). "
+        f"A method fails when its Spearman at full cascade is above {SANITY_THRESHOLD} (or "
+        "undefined): its maps do not depend on the weights.",
+        "",
+        *_markdown_table("method", ["Spearman", "top-10 % IoU", "check"], rows, cells),
+        "",
+        f"Fails the check: {failing}." if failing else "Every method passes the check.",
+    ]
+
+
+def _sanity_metric_lines(comparison: Comparison) -> list[str]:
+    """Per evaluation with ``sanity/<method>`` metrics, the methods whose value fails."""
+    verdicts = []
+    for number, entry in enumerate(comparison.entries):
+        metrics = entry.evaluation.metrics
+        known = [method for method in entry.evaluation.maps if f"sanity/{method}" in metrics]
+        if not known:
+            continue
+        failing = [f"`{m}`" for m in known if sanity_fails(metrics[f"sanity/{m}"])]
+        verdict = f"fails: {', '.join(failing)}" if failing else "every method passes"
+        verdicts.append(f"- #{number}: {verdict}")
+    if not verdicts:
+        return []
+    return [
+        "From the `sanity/<method>` metrics (Spearman at full cascade; a method fails above "
+        f"{SANITY_THRESHOLD} or where undefined):",
+        "",
+        *verdicts,
+    ]
+
+
+def write_sanity(comparison: Comparison, out: Path) -> list[Path]:
+    """``sanity.csv`` (per method and cascade step: the mean Spearman and top-10 % IoU with the
+    model's maps, and the method's verdict) and ``sanity.png`` (:func:`cascade_figure`)."""
+    check = comparison.sanity
+    label = comparison.entries[check.evaluation].label
+    csv_path, png_path = out / "sanity.csv", out / "sanity.png"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "evaluation", "step", "spearman", "topk_iou", "check"])
+        for method, cascade in check.cascades.items():
+            verdict = "fail" if cascade.fails() else "pass"
+            for step, spearman, iou in cascade.summary():
+                writer.writerow([method, label, step, _number(spearman), _number(iou), verdict])
+    summaries = {panels.method_title(m): c.summary() for m, c in check.cascades.items()}
+    cascade_figure(summaries).savefig(png_path, dpi=100)
+    return [csv_path, png_path]
 
 
 def _markdown_table(

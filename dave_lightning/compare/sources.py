@@ -19,6 +19,7 @@ from tqdm import tqdm
 from dave_lightning import viz
 from dave_lightning.attribution.settings import MONITOR_ENGINE, DAVESettings
 from dave_lightning.checkpoints import load_model
+from dave_lightning.compare.sanity import SanityCheck, check_randomizable, sanity_check
 from dave_lightning.core.errors import UsageError
 from dave_lightning.evaluation import Evaluation, EvaluationOptions, ProbeEvaluator
 from dave_lightning.images import check_probe_source, load_probe
@@ -42,12 +43,14 @@ class Entry:
 @dataclass
 class Comparison:
     """Evaluations of one probe, their drift (statistic → (E, E) mean over the probe images),
-    the shared settings, and the probe images in [0, 1] for overlays when they are known."""
+    the shared settings, the probe images in [0, 1] for overlays when they are known, and the
+    sanity check when it was run (checkpoints only)."""
 
     entries: list[Entry]
     drift: dict[str, torch.Tensor]
     settings: dict[str, Any]
     images01: torch.Tensor | None = None
+    sanity: SanityCheck | None = None
 
 
 # ------------------------------------------------------------------------------- snapshots
@@ -189,6 +192,7 @@ def compare_checkpoints(
     options: EvaluationOptions | None = None,
     trust: bool = False,
     device: str | torch.device = "cpu",
+    sanity: bool = False,
     progress: bool = False,
 ) -> Comparison:
     """Evaluate each checkpoint on one probe with one seed, and compare.
@@ -200,7 +204,8 @@ def compare_checkpoints(
     or a :class:`Probe` normalised so. ``engine`` holds DAVE's settings (default, and for the
     settings a mapping leaves out: the monitor's, ``MONITOR_ENGINE``, so that the numbers match
     a monitor's) and ``options`` the metrics and compared methods. Checkpoints that need full
-    unpickling are refused unless ``trust``.
+    unpickling are refused unless ``trust``. ``sanity`` runs the model-randomization check of
+    DAVE and each compared method on the last checkpoint (:mod:`~dave_lightning.compare.sanity`).
     """
     if not isinstance(engine, DAVESettings):
         engine = replace(MONITOR_ENGINE, **dict(engine or {}))
@@ -222,6 +227,8 @@ def compare_checkpoints(
         loaded, info = load_model(path, module, trust=trust)
         model = ModelAdapter(loaded.to(device))
         if evaluator is None:
+            if sanity:
+                check_randomizable(model)
             probe_set, normal = _resolve_probe(
                 probe, model, masks, num_probe, image_size, mean, std
             )
@@ -246,11 +253,15 @@ def compare_checkpoints(
         entries.append(
             Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
         )
+    check = None
+    if sanity:  # on the last model, still loaded
+        check = sanity_check(model, evaluator, evaluation, len(entries) - 1, progress=progress)
     return Comparison(
         entries=entries,
         drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
         settings=settings,
         images01=images01,
+        sanity=check,
     )
 
 
