@@ -140,6 +140,7 @@ FLAGS = {
     "mean": "--mean",
     "std": "--std",
     "sanity=True": "--sanity",
+    "metrics": "--metrics",
 }
 
 

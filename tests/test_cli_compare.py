@@ -283,6 +283,24 @@ def test_probe_folder_with_masks(
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert 0.0 <= report["evaluations"][0]["metrics"]["energy_pg"] <= 1.0
     assert report["settings"]["probe_size"] == 4
+    # the same folder without its masks: energy_pg asked for cannot be computed
+    code, stderr = call_cli(
+        capsys,
+        "compare",
+        "--checkpoints",
+        checkpoints[1],
+        "--module",
+        "cli_fixtures:TinyLit",
+        "--probe",
+        tmp_path / "images",
+        *FAST,
+        "--metrics",
+        "energy_pg",
+        "--out",
+        tmp_path / "report_maskless",
+    )
+    assert code == 2 and "Traceback" not in stderr
+    assert "metric 'energy_pg' needs masks" in stderr and "--metrics" in stderr
 
 
 def test_different_probes_are_refused(runs: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ maps of different pictures means nothing.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -210,59 +211,116 @@ def compare_checkpoints(
     if not isinstance(engine, DAVESettings):
         engine = replace(MONITOR_ENGINE, **dict(engine or {}))
     options = options or EvaluationOptions()
-    paths = [Path(p) for p in checkpoints]
-    for path in paths:
-        if not path.exists():
-            raise UsageError(f"{path}: no such checkpoint file or directory; check the path")
+    paths = _existing(checkpoints)
     if not isinstance(probe, Probe):
         check_probe_source(probe, masks)
     run_dirs = [path.resolve().parent for path in paths]
     names = _run_names(run_dirs)
-    evaluator: ProbeEvaluator | None = None
-    images01 = None
-    settings: dict[str, Any] = {}
+    first: _FirstModel | None = None
     entries: list[Entry] = []
     bar = tqdm(paths, desc="evaluating checkpoints", disable=None if progress else True)
     for path, run_dir in zip(bar, run_dirs, strict=True):
         loaded, info = load_model(path, module, trust=trust)
         model = ModelAdapter(loaded.to(device))
-        if evaluator is None:
+        if first is None:
             if sanity:
                 check_randomizable(model)
             probe_set, normal = _resolve_probe(
                 probe, model, masks, num_probe, image_size, mean, std
             )
-            encoding = resolve_encoding(None, model, probe_set.images)
-            images01 = viz.denormalize(encoding.picture(probe_set.images), *normal)
-            model_engine = engine.for_model(model.reference_noise_alpha)
-            evaluator = ProbeEvaluator(probe_set, model_engine, options, encoding)
-            settings = {**evaluator.settings(), "mean": list(normal[0]), "std": list(normal[1])}
-        references = {}
-        if entries:
-            references = {
-                "previous": entries[-1].evaluation.maps["dave"],
-                "first": entries[0].evaluation.maps["dave"],
-            }
-        evaluation = evaluator.evaluate(
+            first = _FirstModel.make(model, probe_set, normal, engine, options)
+        evaluation = first.evaluator.evaluate(
             model,
-            references=references,
+            references=_references(entries),
             epoch=info["epoch"],
             global_step=info["global_step"],
-            settings=dict(settings),
+            settings=dict(first.settings),
         )
         entries.append(
             Entry(_label(names, run_dir, path.stem), str(path), names[run_dir], evaluation)
         )
     check = None
     if sanity:  # on the last model, still loaded
-        check = sanity_check(model, evaluator, evaluation, len(entries) - 1, progress=progress)
+        check = sanity_check(
+            model, first.evaluator, evaluation, len(entries) - 1, progress=progress
+        )
     return Comparison(
         entries=entries,
         drift=drift_matrix([e.evaluation.maps["dave"] for e in entries]),
-        settings=settings,
-        images01=images01,
+        settings=first.settings,
+        images01=first.images01,
         sanity=check,
     )
+
+
+@dataclass(frozen=True)
+class _FirstModel:
+    """What a comparison sets up with its first model: the evaluator, the probe's pictures and
+    the settings every evaluation records."""
+
+    evaluator: ProbeEvaluator
+    images01: torch.Tensor
+    settings: dict[str, Any]
+
+    @classmethod
+    def make(
+        cls,
+        model: ModelAdapter,
+        probe: Probe,
+        normal: tuple[Sequence[float], Sequence[float]],
+        engine: DAVESettings,
+        options: EvaluationOptions,
+    ) -> _FirstModel:
+        evaluator = _evaluator(model, probe, engine, options)
+        images01 = viz.denormalize(evaluator.encoding.picture(probe.images), *normal)
+        settings = {**evaluator.settings(), "mean": list(normal[0]), "std": list(normal[1])}
+        return cls(evaluator, images01, settings)
+
+
+def _existing(checkpoints: Sequence[str | Path]) -> list[Path]:
+    """The checkpoint paths, each checked to exist before any model is loaded."""
+    paths = [Path(p) for p in checkpoints]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path}: no such checkpoint file or directory; check the path")
+    return paths
+
+
+def _references(entries: Sequence[Entry]) -> dict[str, torch.Tensor]:
+    """The drift references of the next evaluation: the previous and the first DAVE maps."""
+    if not entries:
+        return {}
+    return {
+        "previous": entries[-1].evaluation.maps["dave"],
+        "first": entries[0].evaluation.maps["dave"],
+    }
+
+
+def _evaluator(
+    model: ModelAdapter, probe: Probe, engine: DAVESettings, options: EvaluationOptions
+) -> ProbeEvaluator:
+    """The comparison's evaluator, made for its first model, with its metrics planned: one
+    asked for whose inputs are missing is refused, default ones left out are said once."""
+    encoding = resolve_encoding(None, model, probe.images)
+    evaluator = ProbeEvaluator(
+        probe, engine.for_model(model.reference_noise_alpha), options, encoding
+    )
+    try:
+        plan = evaluator.plan(model)
+    except ValueError as error:
+        raise UsageError(
+            f"{error}; with a `probe` folder pass its `masks`, or leave the metric out of "
+            "`metrics`"
+        ) from error
+    if plan.left_out:
+        reasons = "; ".join(f"{name} needs {needs[0]}" for name, needs in plan.left_out.items())
+        warnings.warn(
+            f"compare leaves out {', '.join(plan.left_out)} ({reasons}); pass `metrics` to "
+            "choose the metrics",
+            UserWarning,
+            stacklevel=3,
+        )
+    return evaluator
 
 
 def _resolve_probe(
