@@ -6,6 +6,8 @@ On a random-init timm ``vit_small_patch16_224`` at 224 px, 2 images × N samples
    (transformed and noised images), at several items per pass; the best of them is the floor;
 2. DAVE at its defaults (``batch_size=None``: the engine's own chunking), against that best
    floor, and the effective mode's own cost (the floor's passes inside ``effective_mode``);
+   the reliability bookkeeping (the two half-sample robust means and their split-half
+   Spearman, beside the robust mean itself) as a share of DAVE's call;
 3. a one-sample-per-pass implementation of the method (the reference implementation's shape)
    and Captum's ``NoiseTunnel(InputXGradient)`` with the same N, each timed beside DAVE;
 4. memory: the peak added by one DAVE call at a fixed ``batch_size`` for N = 16, 64 and 128
@@ -28,7 +30,13 @@ import torch
 from _timing import timed_side_by_side
 
 from dave_lightning import DAVE, effective_mode
+from dave_lightning.attribution.aggregation import (
+    SampleAccumulator,
+    _median_and_threshold,
+    sample_order,
+)
 from dave_lightning.attribution.gradients import auto_batch_size, chunks
+from dave_lightning.attribution.reliability import split_half_reliability
 from dave_lightning.core.transforms import sample_affine, warp
 from dave_lightning.models import ModelAdapter
 
@@ -80,6 +88,22 @@ def floor(
             else:
                 selected = model(x).gather(1, target[chunk].view(-1, 1))
             torch.autograd.grad(selected.sum(), x)
+
+
+def robust_mean(samples: torch.Tensor) -> torch.Tensor:
+    """The MAD robust mean of one image's samples alone: what DAVE needs without reliability."""
+    median, threshold = _median_and_threshold(samples, 0)
+    keep = (samples - median).abs() <= threshold
+    return (samples * keep).sum(0) / keep.sum(0)
+
+
+def with_reliability(samples: torch.Tensor, halves: torch.Tensor) -> torch.Tensor:
+    """The engine's bookkeeping of one image's samples: the robust means of all samples and of
+    each half, and the halves' split-half reliability."""
+    accumulator = SampleAccumulator()
+    accumulator.add(samples, halves)
+    _, half_a, half_b = accumulator.means()
+    return split_half_reliability(half_a[None], half_b[None])
 
 
 def one_sample_per_pass(
@@ -225,6 +249,21 @@ def main() -> None:
     print(f"  best floor ({batches[best]} items per pass) {floor_s:>9.3f} s")
     print(f"  floor in effective mode        {effective_s:>9.3f} s  {effective_s / floor_s:.2f} ×")
     print(f"  DAVE, batch_size=None          {dave_s:>9.3f} s  {dave_s / floor_s:.2f} ×")
+
+    generator = torch.Generator().manual_seed(2)
+    samples = torch.randn(n, *images.shape[1:], generator=generator).to(args.device)
+    halves = (sample_order(n) % 2).to(args.device)
+    mean_s, reliable_s = timed_side_by_side(
+        [lambda: robust_mean(samples), lambda: with_reliability(samples, halves)],
+        args.device,
+        args.repeats,
+    )
+    extra = (reliable_s - mean_s) * len(images)
+    print(
+        f"  reliability bookkeeping         {extra:>9.3f} s  {extra / dave_s:.1%} of DAVE's call "
+        f"(robust mean alone {mean_s * 1e3:.0f} ms per image, with the halves and their "
+        f"Spearman {reliable_s * 1e3:.0f} ms)"
+    )
 
     others = {"one sample per pass": lambda: one_sample_per_pass(adapter, images, target, n, 0.5)}
     captum = captum_noise_tunnel(model, images, target, n)

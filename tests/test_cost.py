@@ -102,6 +102,37 @@ def test_the_estimate_counts_the_images_the_model_sees(options: dict) -> None:
     assert estimate.upper_bound == ("target_reliability" in options)
 
 
+class FirstOfTwo:
+    """Rank 0 of two processes, whose partner computed the same results (so the merge has
+    both halves of the probe)."""
+
+    rank, world_size = 0, 2
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tensor, tensor]).cpu()
+
+    def broadcast(self, value: object) -> object:
+        return value
+
+
+def test_under_ddp_each_process_counts_its_share() -> None:
+    """7 probe images on 2 ranks: 4 each (the last rank's padded); the grid's 4 items: 2 each."""
+    images, labels, masks = random_data(7)
+    model = CountingViT()
+    monitor = ProbeMonitor((images, labels, masks), n_samples=3, deletion_steps=3)
+    monitor.setup(model, writes=False, collective=FirstOfTwo())
+    estimate = monitor.announce_cost(collective=FirstOfTwo())
+    Tally.grad = Tally.no_grad = 0
+    monitor.evaluate(model, step=0, slow=True, collective=FirstOfTwo())
+    assert (Tally.grad, Tally.no_grad) == (estimate.slow.grad, estimate.slow.no_grad)
+    # 4 images: predictions 4, DAVE 12 + input × gradient 4, the same again for stability,
+    # the grid 2 × 3 + 2, deletion and insertion (3 + 2) × 3 steps × 4 images each
+    assert (estimate.slow.grad, estimate.slow.no_grad) == (16 + 16 + 8, 4 + 2 * 60)
+
+
 def test_a_method_without_a_declaration_is_named_as_not_counted(
     capsys: pytest.CaptureFixture,
 ) -> None:
@@ -211,19 +242,22 @@ class Sleepy(TinyClassifier):
 
 
 def test_time_shares_of_each_evaluation(tmp_path: Path) -> None:
-    """3 steps of 0.1 s per epoch: each later evaluation's time share is its seconds against
-    the wall time since the previous one ended, at least those 0.3 s; none at step 0."""
+    """3 steps of 0.3 s per epoch: each later evaluation's time share is its seconds against
+    the wall time since the previous one ended (those 0.9 s and Lightning's own time, not the
+    whole fit's); the cumulative share is the monitor's seconds against the fit's 2.7 s and
+    more; none at step 0, before training."""
     monitor = DAVEMonitor(random_data(6), metrics=("gini",), compare_methods=(), **FAST)
-    fit(tmp_path, monitor, module=Sleepy(0.1, 0.0), epochs=3)
+    fit(tmp_path, monitor, module=Sleepy(0.3, 0.0), epochs=3)
     first, *later = monitor.history
     assert first["global_step"] == 0 and "time_share" not in first["metrics"]
     for entry in later:
-        share = entry["metrics"]["time_share"]
-        training = entry["seconds"] / share
-        assert 0.3 <= training < 0.3 + 3.0, training
+        training = entry["seconds"] / entry["metrics"]["time_share"]
+        assert 0.9 <= training < 1.8, training
+    # the history's seconds are the evaluations' computing, a part of the monitor's time, so
+    # this is a part of the training time: more than its last epoch, less than all of it
     monitor_seconds = sum(entry["seconds"] for entry in monitor.history)
-    cumulative = later[-1]["metrics"]["time_share_cumulative"]
-    assert 0.9 <= monitor_seconds / cumulative < 0.9 + 6.0
+    training = monitor_seconds / later[-1]["metrics"]["time_share_cumulative"]
+    assert 1.8 <= training < 2.7 + 2.7, training
     assert "skipped" not in later[-1]["metrics"]
 
 

@@ -381,10 +381,10 @@ class ProbeMonitor:
 
     def _within_budget(self, step: int, slow: bool, last: bool, collective: Collective) -> bool:
         """The overhead budget (``max_overhead``): an evaluation whose predicted time would take
-        the monitor's over that share of the training time is skipped, never the first or the
-        last of a fit; rank 0's decision holds on every rank."""
+        the monitor's over that share of the training time is skipped, never the first of a fit
+        (nothing predicts it) or the last; rank 0's decision holds on every rank."""
         clock = self._clock
-        if clock.max_overhead is None or last or clock.evaluations == 0:
+        if clock.max_overhead is None or last:
             return True
         if collective.broadcast(clock.within_budget(slow)):
             return True

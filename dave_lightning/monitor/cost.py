@@ -248,7 +248,7 @@ class Clock:
 
     def within_budget(self, slow: bool) -> bool:
         """Whether an evaluation keeps the monitor's time within ``max_overhead`` of the
-        training time (always, before the first evaluation or without a budget)."""
+        training time: always without a budget, and for the fit's first evaluation."""
         predicted = self.predicted(slow)
         if self.max_overhead is None or predicted is None:
             return True
