@@ -92,7 +92,7 @@ def floor(
 
 def robust_mean(samples: torch.Tensor) -> torch.Tensor:
     """The MAD robust mean of one image's samples alone: what DAVE needs without reliability."""
-    median, threshold = _median_and_threshold(samples, 0)
+    median, threshold = _median_and_threshold(samples)
     keep = (samples - median).abs() <= threshold
     return (samples * keep).sum(0) / keep.sum(0)
 
