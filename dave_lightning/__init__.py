@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         effective_mode,
     )
     from dave_lightning.callback import DAVEMonitor
+    from dave_lightning.monitor import ProbeMonitor
 
 #: Each export → the module that defines it.
 _EXPORTS = {
@@ -27,6 +28,7 @@ _EXPORTS = {
     "InputXGradient": "dave_lightning.attribution",
     "effective_mode": "dave_lightning.attribution",
     "DAVEMonitor": "dave_lightning.callback",
+    "ProbeMonitor": "dave_lightning.monitor",
 }
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "DAVESettings",
     "InputXEffective",
     "InputXGradient",
+    "ProbeMonitor",
     "effective_mode",
 ]
 __version__ = "0.1.0"

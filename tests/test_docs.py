@@ -29,6 +29,7 @@ PAGES = {
     "InputXGradient": "method.md",
     "InputXEffective": "method.md",
     "DAVEMonitor": "callback.md",
+    "ProbeMonitor": "beyond_the_trainer.md",
 }
 
 
@@ -106,11 +107,21 @@ def test_every_cli_option_is_in_its_commands_section(command: str, option: str) 
     )
 
 
-def test_docs_link_to_existing_files() -> None:
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub makes them."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_docs_link_to_existing_files_and_sections() -> None:
     for page in [*DOCS.glob("*.md"), DOCS.parent / "README.md"]:
-        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
-            if not target.startswith("http"):
-                assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", page.read_text()):
+            if target.startswith("http"):
+                continue
+            linked = page.parent / target if target else page
+            assert linked.exists(), f"{page.name} links to missing {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{page.name} links to missing {target}#{anchor}"
 
 
 def _figure_blocks(text: str) -> list[tuple[str, str]]:

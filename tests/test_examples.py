@@ -19,6 +19,9 @@ EXAMPLES = {
     "bcos_vit.py": (*TINY, "--image-size", "32"),
     "explain_images.py": ("--n-samples", "2"),
     "lightning_cli.py": ("fit", "--config", str(ROOT / "examples" / "cli_config.yaml")),
+    "fabric_loop.py": (*TINY, "--image-size", "32", "--num-probe", "4"),
+    "hf_trainer.py": (*TINY, "--image-size", "32", "--num-probe", "4"),
+    "plain_pytorch.py": (*TINY, "--image-size", "32", "--num-probe", "4"),
 }
 
 

@@ -40,10 +40,14 @@ def _one_thread() -> Any:
 
 
 class StepCounter(pl.Callback):
-    """Counts the optimizer steps a fit took (0 when setup failed)."""
+    """Counts the optimizer steps a fit took, and whether it got past setup (``started``)."""
 
     def __init__(self) -> None:
         self.steps = 0
+        self.started = False
+
+    def on_fit_start(self, *args: Any) -> None:
+        self.started = True
 
     def on_train_batch_end(self, *args: Any) -> None:
         self.steps += 1
@@ -131,8 +135,25 @@ def test_an_explicit_snapshot_dir_holding_another_run_is_refused_at_setup(tmp_pa
     counter = StepCounter()
     second = DAVEMonitor(random_data(4), metrics=CHEAP, snapshot_dir=folder, **FAST)
     with pytest.raises(OSError, match="holds the snapshots of another run; pass a new"):
-        fit(tmp_path, [second, counter])
-    assert counter.steps == 0 and digest_tree(folder) == before
+        fit(tmp_path, [counter, second])
+    assert not counter.started and digest_tree(folder) == before
+
+
+def test_a_default_folder_holding_another_run_gives_way_to_a_sibling(tmp_path: Path) -> None:
+    """A logger told to reuse a version (one log dir for two runs) gets two snapshot folders."""
+    folders = []
+    for seed in (0, 1):
+        monitor = DAVEMonitor(random_data(4, seed=seed), metrics=CHEAP, **FAST)
+        logger = TensorBoardLogger(tmp_path, name="run", version=0)
+        fit(tmp_path, [monitor], logger=logger)
+        folders.append(monitor.snapshot_dir)
+    log_dir = tmp_path / "run" / "version_0"
+    assert folders == [log_dir / "dave", log_dir / "dave-1"]
+    for folder, seed in zip(folders, (0, 1), strict=True):
+        records = [load_snapshot(p) for p in list_snapshots(folder)]
+        assert [r["global_step"] for r in records] == [0, 2]
+        digest = DAVEMonitor(random_data(4, seed=seed)).probe.digest()
+        assert {r["settings"]["probe_sha256"] for r in records} == {digest}
 
 
 def checkpointed_run(root: Path, **monitor: Any) -> tuple[DAVEMonitor, str]:
@@ -254,6 +275,30 @@ def test_a_full_disk_publishes_nothing_leaves_no_partial_file_and_says_so(
     assert not (images / "step_00000002" / "dave_probe_0.png").exists()
 
 
+def test_a_picture_that_cannot_be_written_takes_back_the_whole_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dave_lightning.sinks.png as png_module
+
+    monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
+    logger = CSVLogger(tmp_path)
+    real_save = png_module.viz.save_png
+
+    def full_disk_at_the_grid_of_step_2(image: torch.Tensor, path: Path) -> None:
+        real_save(image, path)  # the file is written, then the disk is full
+        if path.parent.name == "step_00000002" and path.name == "dave_probe_grid.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(png_module.viz, "save_png", full_disk_at_the_grid_of_step_2)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        fit(tmp_path, [monitor], logger=logger)
+    assert [h["global_step"] for h in monitor.history] == [0]
+    assert csv_steps(logger, "dave/gini") == [0]
+    assert [p.name for p in list_snapshots(monitor.snapshot_dir)] == ["step_00000000.pt"]
+    step_2 = Path(logger.log_dir) / "images" / "step_00000002"
+    assert not any(p.name.startswith("dave_probe") for p in step_2.glob("*.png"))
+
+
 def test_a_snapshot_folder_deleted_mid_run_is_made_again_with_the_probe(tmp_path: Path) -> None:
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
 
@@ -274,8 +319,8 @@ def test_an_unwritable_snapshot_dir_is_an_error_at_setup(tmp_path: Path) -> None
     counter = StepCounter()
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, snapshot_dir=blocker / "dave", **FAST)
     with pytest.raises(OSError, match=f"cannot write snapshots to {blocker / 'dave'}"):
-        fit(tmp_path, [monitor, counter])
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor])
+    assert not counter.started
 
 
 def test_fast_dev_run_writes_no_snapshots_or_pngs(tmp_path: Path) -> None:
@@ -310,8 +355,8 @@ def test_a_metric_asked_for_without_its_inputs_is_a_setup_error(tmp_path: Path) 
     counter = StepCounter()
     monitor = DAVEMonitor((images, labels), metrics=("energy_pg",), **FAST)
     with pytest.raises(ValueError, match=r"energy_pg' needs masks: pass object masks .*masks\)"):
-        fit(tmp_path, [monitor, counter])
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor])
+    assert not counter.started
 
 
 def test_default_metrics_without_inputs_are_left_out_with_one_warning(tmp_path: Path) -> None:
@@ -330,10 +375,10 @@ def test_a_checkpoint_on_a_key_the_monitor_never_logs_is_a_setup_error(tmp_path:
     with pytest.raises(ValueError, match="energy_pg needs masks: pass object masks"):
         fit(
             tmp_path,
-            [DAVEMonitor((images, labels), **FAST), checkpoint, counter],
+            [counter, DAVEMonitor((images, labels), **FAST), checkpoint],
             enable_checkpointing=True,
         )
-    assert counter.steps == 0
+    assert not counter.started
 
 
 def test_early_stopping_before_the_first_evaluation_is_a_setup_error(tmp_path: Path) -> None:
@@ -341,8 +386,8 @@ def test_early_stopping_before_the_first_evaluation_is_a_setup_error(tmp_path: P
     monitor = DAVEMonitor(random_data(4), metrics=CHEAP, every_n_epochs=2, at_start=False)
     counter = StepCounter()
     with pytest.raises(ValueError, match="pass at_start=True"):
-        fit(tmp_path, [monitor, stop, counter], epochs=2)
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor, stop], epochs=2)
+    assert not counter.started
 
 
 def test_early_stopping_between_evaluations_sees_the_last_value(tmp_path: Path) -> None:
@@ -399,8 +444,8 @@ def test_a_probe_the_model_cannot_patchify_is_refused_at_setup(tmp_path: Path) -
     monitor = DAVEMonitor((images, labels, masks), metrics=("patch_artifact",), **FAST)
     counter = StepCounter()
     with pytest.raises(ValueError, match=r"size \(36, 36\) is not a multiple of .* patch size 8"):
-        fit(tmp_path, [monitor, counter], module=Padding())
-    assert counter.steps == 0
+        fit(tmp_path, [counter, monitor], module=Padding())
+    assert not counter.started
 
 
 def test_dave_refuses_nan_inputs_with_a_clear_error() -> None:
@@ -478,3 +523,111 @@ def test_early_stopping_records_the_epoch_each_evaluation_ran_in(tmp_path: Path)
     fit(tmp_path, [monitor, StopAfterEpochOne()], epochs=5)
     recorded = [(h["global_step"], h["epoch"]) for h in monitor.history]
     assert recorded == [(0, 0), (3, 1), (4, 1)]  # the end evaluation ran after epoch 1
+
+
+# ============================================================================ extension points
+
+
+@pytest.fixture
+def registered() -> Any:
+    """Registers specs for a test and removes them after it."""
+    from dave_lightning.metrics.registry import METRICS, register_metric
+
+    names: list[str] = []
+
+    def add(spec: Any) -> None:
+        register_metric(spec)
+        names.append(spec.name)
+
+    yield add
+    for name in names:
+        del METRICS[name]
+
+
+def test_a_registered_metric_gets_the_drift_references_and_grid_it_needs(
+    tmp_path: Path, registered: Any
+) -> None:
+    from dave_lightning.metrics import MetricSpec, MetricValues
+
+    def moved(inputs: Any) -> MetricValues:
+        previous = inputs.references["previous"]
+        return MetricValues({"moved": (inputs.maps - previous).abs().flatten(1).mean(1)})
+
+    def cells(inputs: Any) -> MetricValues:
+        return MetricValues({"cells": inputs.grid.cells.float()})
+
+    registered(MetricSpec("moved", moved, needs=frozenset({"references"}), dave_only=True))
+    registered(MetricSpec("cells", cells, needs=frozenset({"grid"}), unit="grid", slow=True))
+    monitor = DAVEMonitor(random_data(8), metrics=("moved", "cells"), **FAST)
+    fit(tmp_path, [monitor], epochs=2)
+    first, second = monitor.history[0]["metrics"], monitor.history[1]["metrics"]
+    assert "moved" not in first and second["moved"] > 0  # from the second evaluation on
+    assert first["cells"] == pytest.approx(1.5)  # the mean cell index of 2×2 grids
+
+
+def test_a_curve_metric_named_without_underscores_is_drawn(tmp_path: Path, registered: Any) -> None:
+    from dave_lightning.metrics import CurveFigure, ItemCurve, MetricSpec, MetricValues
+
+    def sweep(inputs: Any) -> MetricValues:
+        x = torch.linspace(0, 1, 3)
+        values = inputs.maps.flatten(1).mean(1, keepdim=True) * x
+        return MetricValues({"sweep": values[:, -1]}, {"sweep": ItemCurve(x, values, "mean")})
+
+    registered(MetricSpec("sweep", sweep, figure=CurveFigure("Sweep", "x", "y")))
+    monitor = DAVEMonitor(random_data(4), metrics=("sweep",), **FAST)
+    fit(tmp_path, [monitor])
+    assert [h["global_step"] for h in monitor.history] == [0, 2]
+    record = load_snapshot(list_snapshots(monitor.snapshot_dir)[-1])
+    assert record["curves"]["dave/sweep"]["label"] == "mean"
+    assert (monitor.snapshot_dir / "png" / "step_00000002" / "dave_deletion_curves.png").exists()
+
+
+def test_a_sink_for_a_logger_subclass_wins_over_its_base_class(tmp_path: Path) -> None:
+    from dave_lightning.sinks import SINKS, ImageSink, register_sink
+
+    tags: list[str] = []
+
+    class Recording(ImageSink):
+        def __init__(self, logger: TensorBoardLogger) -> None:
+            self.logger = logger
+
+        def log_image(self, tag: str, image: torch.Tensor, step: int, caption: Any = None) -> None:
+            tags.append(tag)
+
+    class MyTensorBoard(TensorBoardLogger):
+        pass
+
+    register_sink(MyTensorBoard, Recording)
+    try:
+        monitor = DAVEMonitor(random_data(4), metrics=CHEAP, **FAST)
+        fit(tmp_path, [monitor], logger=MyTensorBoard(tmp_path, name="mine"))
+    finally:
+        del SINKS[MyTensorBoard]
+    assert "dave/probe/0" in tags
+
+
+def test_registering_a_taken_name_is_refused_unless_replace() -> None:
+    from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogger
+
+    from dave_lightning.attribution import METHODS, register_method
+    from dave_lightning.metrics import MetricSpec
+    from dave_lightning.metrics.registry import METRICS, register_metric
+    from dave_lightning.models import FAMILIES, register_family
+    from dave_lightning.models.timm_family import TimmFamily
+    from dave_lightning.sinks import SINKS, register_sink
+
+    builtin_gini, builtin_method = METRICS["gini"], METHODS["input_x_gradient"]
+    with pytest.raises(ValueError, match=r"'gini' is already registered; .* replace=True"):
+        register_metric(MetricSpec("gini", lambda inputs: None))
+    with pytest.raises(ValueError, match="'input_x_gradient' is already registered"):
+        register_method("input_x_gradient", lambda model, batch_size: None)
+    with pytest.raises(ValueError, match="'timm' is already registered"):
+        register_family(TimmFamily())
+    with pytest.raises(ValueError, match="TensorBoardLogger has a sink already"):
+        register_sink(FabricTensorBoardLogger, lambda logger: None)
+    assert METRICS["gini"] is builtin_gini and METHODS["input_x_gradient"] is builtin_method
+    timm_families = [family for family in FAMILIES if family.name == "timm"]
+    replacement = register_family(TimmFamily(), replace=True)
+    assert [family for family in FAMILIES if family.name == "timm"] == [replacement]
+    assert len(timm_families) == 1
+    assert len(SINKS) >= 4

@@ -184,13 +184,18 @@ SLOW_KEYS = {
     "deletion_lerf_blur",
     "deletion_morf_blur",
     "deletion_random_blur",
+    "insertion_lerf_blur",
+    "insertion_morf_blur",
+    "insertion_random_blur",
 }
 DELETION_CURVES = {
-    "dave/deletion_lerf_blur",
-    "dave/deletion_morf_blur",
-    "dave/deletion_random_blur",
-    "input_x_gradient/deletion_lerf_blur",
-    "input_x_gradient/deletion_morf_blur",
+    f"{method}/{kind}_{order}_blur"
+    for kind in ("deletion", "insertion")
+    for method, orders in (
+        ("dave", ("lerf", "morf", "random")),
+        ("input_x_gradient", ("lerf", "morf")),
+    )
+    for order in orders
 }
 
 

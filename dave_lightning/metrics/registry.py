@@ -282,22 +282,26 @@ def _curves(inputs: MetricInputs, kind: str) -> MetricValues:
     return result
 
 
-def _curve_cost(kind: str) -> Callable[[CostContext], Passes]:
-    """Per order, ``deletion_steps`` perturbed copies of each probe image, without gradients."""
+def _curve_spec(kind: str, figure: CurveFigure) -> MetricSpec:
+    """The slow metric of the ``kind`` (deletion, insertion) curves: per order, ``deletion_steps``
+    perturbed copies of each probe image through the model, without gradients."""
+
+    def keys(context: KeyContext) -> tuple[str, ...]:
+        orders = _orders(kind, context.method)
+        return tuple(f"{kind}_{order}_{context.deletion_baseline}" for order in orders)
 
     def cost(context: CostContext) -> Passes:
         orders = len(_orders(kind, context.method))
         return Passes(no_grad=orders * context.probe * context.deletion_steps)
 
-    return cost
-
-
-def _curve_keys(kind: str) -> Callable[[KeyContext], tuple[str, ...]]:
-    def keys(context: KeyContext) -> tuple[str, ...]:
-        orders = _orders(kind, context.method)
-        return tuple(f"{kind}_{order}_{context.deletion_baseline}" for order in orders)
-
-    return keys
+    return MetricSpec(
+        kind,
+        lambda inputs: _curves(inputs, kind),
+        slow=True,
+        keys=keys,
+        figure=figure,
+        cost=cost,
+    )
 
 
 def _sanity(inputs: MetricInputs) -> MetricValues:
@@ -386,21 +390,11 @@ for _spec in (
         unit="grid",
         cost=lambda context: context.maps(context.grid_items),
     ),
-    MetricSpec(
-        "deletion",
-        lambda inputs: _curves(inputs, "deletion"),
-        slow=True,
-        keys=_curve_keys("deletion"),
-        figure=CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY),
-        cost=_curve_cost("deletion"),
+    _curve_spec(
+        "deletion", CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY)
     ),
-    MetricSpec(
-        "insertion",
-        lambda inputs: _curves(inputs, "insertion"),
-        slow=True,
-        keys=_curve_keys("insertion"),
-        figure=CurveFigure("Pixel insertion", "fraction of pixels inserted", PROBABILITY),
-        cost=_curve_cost("insertion"),
+    _curve_spec(
+        "insertion", CurveFigure("Pixel insertion", "fraction of pixels inserted", PROBABILITY)
     ),
     MetricSpec(
         "drift",

@@ -163,6 +163,7 @@ class ProbeMonitor:
         writes: bool = True,
         resuming: bool = False,
         start: bool = True,
+        folder: str | Path | None = None,
     ) -> None:
         """Build and check everything the evaluations need, before the first training step.
 
@@ -177,6 +178,10 @@ class ProbeMonitor:
             resuming: the run resumes from a checkpoint (its state comes before :meth:`start`).
             start: claim the snapshot folder now; a front door whose run restores the
                 monitor's state later calls :meth:`start` after that.
+            folder: the default snapshot folder when the front door knows where its run's
+                files go (the HuggingFace Trainer's ``output_dir``), instead of
+                :func:`default_folder` of the destinations and ``root``; like that one, it
+                moves to a free numbered sibling when it holds another run.
 
         Raises:
             ValueError, TypeError: for a probe the model cannot take, a metric named in
@@ -205,7 +210,8 @@ class ProbeMonitor:
         self._normalization = adapter.normalization(settings.mean, settings.std)
         self._images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
         self._objects, self._writes = destinations_, writes
-        self._candidate = settings.snapshot_dir or default_folder(self.name, destinations_, root)
+        default = default_folder(self.name, destinations_, root) if folder is None else folder
+        self._candidate = settings.snapshot_dir or Path(default)
         if writes and collective.rank == 0:
             self._check_folder(resuming)
         self._layout_logged = False
@@ -248,7 +254,9 @@ class ProbeMonitor:
         if collective.rank == 0:
             for logger in self._destinations.loggers:
                 if hasattr(logger, "log_hyperparams"):
-                    logger.log_hyperparams(self.hyperparameters())
+                    # Fabric's CSVLogger declares the method and raises NotImplementedError
+                    with contextlib.suppress(NotImplementedError):
+                        logger.log_hyperparams(self.hyperparameters())
         self._clock = Clock(self.settings.max_overhead)
 
     def announce_cost(
@@ -267,7 +275,8 @@ class ProbeMonitor:
             print(self.cost.line(self.name), flush=True)
             for logger in self._destinations.loggers:
                 if hasattr(logger, "log_hyperparams"):
-                    logger.log_hyperparams(self.cost.hyperparameters(self.name))
+                    with contextlib.suppress(NotImplementedError):
+                        logger.log_hyperparams(self.cost.hyperparameters(self.name))
         return self.cost
 
     def _run_folder(self) -> Path:
@@ -342,9 +351,10 @@ class ProbeMonitor:
 
     # ----------------------------------------------------------------------- lifecycle
 
-    def due(self, step: int, *, epoch_end: int | None = None) -> bool:
+    def due(self, step: int, *, epoch_end: int | None = None, requested: bool = False) -> bool:
         """Whether the schedule evaluates at ``step`` (after the optimizer step), or at the end
-        of (0-based) epoch ``epoch_end``; never twice at one step."""
+        of (0-based) epoch ``epoch_end``, or the run ``requested`` an evaluation now (the
+        HuggingFace Trainer's evaluation events); never twice at one step."""
         if self._evaluator is None or step in (
             self._last_step,
             self._attempted_step,
@@ -353,7 +363,7 @@ class ProbeMonitor:
             return False
         schedule = self.settings.schedule
         by_epoch = epoch_end is not None and schedule.epoch_due(epoch_end)
-        return schedule.step_due(step) or by_epoch
+        return requested or schedule.step_due(step) or by_epoch
 
     def run(
         self,
@@ -642,6 +652,16 @@ class ProbeMonitor:
         if self.history and collective.rank == 0 and self._destinations.sinks:
             self._guarded(step, lambda: self._publish_progression(step))
         return evaluation
+
+    def flush(self) -> None:
+        """Make what was published visible now, for runs that never finalise their loggers (a
+        Fabric loop): every picture sink flushes (a TensorBoard writer, its scalars included)
+        and every logger saves (a CSV logger writes its file)."""
+        for sink in self._destinations.sinks:
+            sink.flush()
+        for logger in self._destinations.loggers:
+            if hasattr(logger, "save"):
+                logger.save()
 
     def _weights_changed(self, collective: Collective) -> bool:
         """Whether the weights differ from those of the last evaluation of the fit (on any

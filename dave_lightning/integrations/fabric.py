@@ -1,0 +1,113 @@
+"""FabricMonitor: DAVE's maps and metrics of a fixed probe in a Lightning Fabric loop.
+
+A thin front door over :class:`~dave_lightning.monitor.ProbeMonitor` that answers Fabric's
+``fabric.call`` hooks (docs/beyond_the_trainer.md, "Lightning Fabric"): it hands the monitor
+Fabric's loggers and strategy and evaluates the module Fabric wraps, unwrapped, so that an
+evaluation neither runs under the precision plugin's autocast nor through DDP's hooks. Training
+computes exactly what it computes without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric import Fabric
+from lightning.fabric.wrappers import _FabricModule
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dave_lightning.monitor import MonitorSettings, ProbeMonitor, StrategyCollective
+
+
+class FabricMonitor:
+    """Evaluate DAVE on a fixed probe while a Fabric loop trains, through ``fabric.call``.
+
+    Register it with ``Fabric(callbacks=[monitor], loggers=[...])`` and call, on every rank::
+
+        fabric.call("on_train_start", fabric=fabric, model=model)
+        fabric.call("on_train_batch_end", fabric=fabric, model=model, step=step, epoch=epoch)
+        fabric.call("on_train_epoch_end", fabric=fabric, model=model, step=step, epoch=epoch)
+        fabric.call("on_train_end", fabric=fabric, model=model, step=step, epoch=epoch)
+
+    where ``step`` counts the optimizer steps taken so far and ``epoch`` is 0-based.
+
+    Args:
+        probe: ``(images, labels[, masks])``, a ``Dataset`` or a ``DataLoader``.
+        options: the options of :class:`~dave_lightning.DAVEMonitor` (docs/callback.md), e.g.
+            ``n_samples=16, every_n_train_steps=100``.
+
+    Raises:
+        TypeError, ValueError: for a bad probe or option here, and in ``on_train_start`` for a
+            probe the model cannot take or a snapshot folder that cannot be used.
+    """
+
+    def __init__(self, probe: tuple | Dataset | DataLoader, **options: Any) -> None:
+        if not isinstance(probe, (tuple, Dataset, DataLoader)):
+            raise TypeError(
+                "probe must be (images, labels[, masks]), a Dataset or a DataLoader; got "
+                f"{type(probe).__name__}"
+            )
+        self.monitor = ProbeMonitor(probe, settings=MonitorSettings.from_options(**options))
+
+    @property
+    def name(self) -> str:
+        return self.monitor.name
+
+    @property
+    def settings(self) -> MonitorSettings:
+        return self.monitor.settings
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per evaluation, as ``DAVEMonitor.history`` (docs/callback.md)."""
+        return self.monitor.history
+
+    @property
+    def snapshot_dir(self) -> Path | None:
+        """This run's snapshot folder (known from ``on_train_start`` on)."""
+        return self.monitor.snapshot_dir
+
+    def on_train_start(self, fabric: Fabric, model: nn.Module) -> None:
+        """Check the probe against the model and claim the snapshot folder (``snapshot_dir``,
+        else ``<first logger's log_dir>/<name>``, else ``./<name>/version_<n>``); with
+        ``at_start``, evaluate the untrained model at step 0."""
+        collective = _collective(fabric)
+        self.monitor.setup(
+            _unwrapped(model), *fabric.loggers, root=Path.cwd(), collective=collective
+        )
+        if self.settings.schedule.at_start:
+            self.monitor.run(_unwrapped(model), step=0, epoch=0, collective=collective)
+
+    def on_train_batch_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
+        """After optimizer step ``step``: evaluate every ``every_n_train_steps`` steps."""
+        if self.monitor.due(step):
+            self.monitor.run(
+                _unwrapped(model), step=step, epoch=epoch, collective=_collective(fabric)
+            )
+
+    def on_train_epoch_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
+        """After the last batch of (0-based) ``epoch``: evaluate every ``every_n_epochs``."""
+        if self.monitor.due(step, epoch_end=epoch):
+            self.monitor.run(
+                _unwrapped(model), step=step, epoch=epoch, collective=_collective(fabric)
+            )
+
+    def on_train_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
+        """With ``at_end``: the last evaluation (or the slow metrics added to one that ran at
+        ``step``), redone if the weights changed since, then the progression pictures; then
+        the loggers are flushed, since Fabric does not finalise them."""
+        collective = _collective(fabric)
+        self.monitor.finish(_unwrapped(model), step=step, epoch=epoch, collective=collective)
+        self.monitor.close(_unwrapped(model), step=step, epoch=epoch, collective=collective)
+        if fabric.global_rank == 0:
+            self.monitor.flush()
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The user's module inside Fabric's wrapper (and inside DDP's, which the wrapper holds)."""
+    return model.module if isinstance(model, _FabricModule) else model
+
+
+def _collective(fabric: Fabric) -> StrategyCollective:
+    return StrategyCollective(fabric.strategy, fabric.global_rank, fabric.world_size)
