@@ -21,6 +21,7 @@ from tiny_models import timm_vit
 from torch import nn
 
 from dave_lightning import DAVEMonitor
+from dave_lightning.attribution.aggregation import RESERVOIR_SAMPLES, lower_median
 from dave_lightning.metrics.registry import Passes
 from dave_lightning.monitor import ProbeMonitor
 from dave_lightning.monitor.cost import NO_GRAD_WEIGHT, CostEstimate, Training, fit_evaluations
@@ -336,3 +337,19 @@ def test_max_overhead_must_be_a_share() -> None:
         DAVEMonitor(random_data(4), max_overhead=0)
     with pytest.raises(ValueError, match=r"max_overhead must be in \[0.0, 1.0\]"):
         DAVEMonitor(random_data(4), max_overhead=1.5)
+
+
+def test_the_robust_means_median_is_torch_median() -> None:
+    """The sorting network that makes the reliability bookkeeping cheaper gives the very values
+    of ``torch.median`` (the lower median) for every sample count up to the reservoir and
+    beyond it, with ties, infinities and NaN."""
+    generator = torch.Generator().manual_seed(0)
+    for count in range(1, RESERVOIR_SAMPLES + 3):
+        for samples in (
+            torch.randn(count, 3, 4, 5, generator=generator),
+            torch.randint(0, 3, (count, 40), generator=generator).float(),
+        ):
+            samples[0, 0] = float("inf")
+            samples[-1, 1] = float("nan")
+            expected = samples.median(0, keepdim=True).values
+            assert torch.equal(lower_median(samples).nan_to_num(), expected.nan_to_num()), count
