@@ -243,8 +243,8 @@ class DAVEMonitor(pl.Callback):
     # -------------------------------------------------------------------------- schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.monitor._passes is not None:  # set up: the training's length is known now
-            self.monitor.announce_cost(_training(trainer), _collective(trainer))
+        # the training the evaluations are measured against is known from here on
+        self.monitor.announce_cost(_training(trainer), _collective(trainer))
         if self.settings.schedule.at_start and not self.history:
             self._evaluate(trainer, pl_module, epoch=trainer.current_epoch)
 

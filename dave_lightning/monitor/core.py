@@ -105,7 +105,6 @@ class ProbeMonitor:
         self._pixel_shares: dict[str, float] = {}
         # what it costs (monitor/cost.py): passes per evaluation, the fit's clock and budget
         self._passes: tuple[Passes, Passes] | None = None  # without, with the slow metrics
-        self._world_size = 1
         self.cost: CostEstimate | None = None
         self._clock = Clock(self.settings.max_overhead)
         self._skipped_step: int | None = None
@@ -201,7 +200,6 @@ class ProbeMonitor:
         if plan.left_out:
             self._warn_once("left out", _left_out_message(self.name, plan.left_out))
         self._adapter, self._evaluator, self._plan = adapter, evaluator, plan
-        self._world_size = collective.world_size
         self._passes = tuple(
             evaluation_passes(evaluator, plan, adapter, slow=slow, world_size=collective.world_size)
             for slow in (False, True)
