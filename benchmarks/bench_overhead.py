@@ -10,7 +10,7 @@ measurement: its share of the fit and the measured one.
 training images per epoch, ``every_n_epochs=1`` over ``--table-epochs`` epochs, at the monitor's
 defaults and at ``n_samples=16``.
 
-    python benchmarks/bench_overhead.py [--epochs 1] [--images 512] [--repeats 1]
+    python benchmarks/bench_overhead.py [--epochs 1] [--images 512] [--repeats 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -216,7 +216,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--table-epochs", type=int, default=10)
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch's CPU threads"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     measured(args)
     table(args)
 
