@@ -42,10 +42,11 @@ format: install-test
 # Every figure of docs/benchmarks.md, with the settings the text states.
 bench: install-test
 	$(BIN)/pip install $(TORCH_PINS) -e ".[test,bench]"
-	$(BIN)/python benchmarks/bench_engine.py --repeats 3
+	$(BIN)/python benchmarks/bench_engine.py --n-samples 8 --repeats 2 --threads 1
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_compare.py
 	$(BIN)/python benchmarks/bench_callback.py --repeats 3
+	$(BIN)/python benchmarks/bench_overhead.py --epochs 1 --images 512 --repeats 1 --threads 1
 	rm -rf $(BENCH_RUN) && $(BIN)/dave-lightning demo --out $(BENCH_RUN) --quiet
 	$(BIN)/python benchmarks/claims.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
 	$(BIN)/python benchmarks/bench_reliability.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)

@@ -6,13 +6,18 @@ On a random-init timm ``vit_small_patch16_224`` at 224 px, 2 images × N samples
    (transformed and noised images), at several items per pass; the best of them is the floor;
 2. DAVE at its defaults (``batch_size=None``: the engine's own chunking), against that best
    floor, and the effective mode's own cost (the floor's passes inside ``effective_mode``);
+   the reliability bookkeeping (the two half-sample robust means and their split-half
+   Spearman, beside the robust mean itself) as a share of DAVE's call;
+   the passes the monitor's cost model weighs: DAVE's (the effective mode, an input gradient,
+   its own chunking) and a forward without gradients, against a training step of the same
+   inputs (forward, backward through the weights, AdamW);
 3. a one-sample-per-pass implementation of the method (the reference implementation's shape)
    and Captum's ``NoiseTunnel(InputXGradient)`` with the same N, each timed beside DAVE;
 4. memory: the peak added by one DAVE call at a fixed ``batch_size`` for N = 16, 64 and 128
    (the robust mean's reservoir holds up to 64 samples per image), and the peak per item and
    input pixel of one forward + backward pass, the figure behind the CUDA chunking rule.
 
-    python benchmarks/bench_engine.py [--device cuda] [--repeats 3]
+    python benchmarks/bench_engine.py [--device cuda] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ import torch
 from _timing import timed_side_by_side
 
 from dave_lightning import DAVE, effective_mode
+from dave_lightning.attribution.aggregation import (
+    SampleAccumulator,
+    _median_and_threshold,
+    sample_order,
+)
 from dave_lightning.attribution.gradients import auto_batch_size, chunks
+from dave_lightning.attribution.reliability import split_half_reliability
 from dave_lightning.core.transforms import sample_affine, warp
 from dave_lightning.models import ModelAdapter
 
@@ -80,6 +91,38 @@ def floor(
             else:
                 selected = model(x).gather(1, target[chunk].view(-1, 1))
             torch.autograd.grad(selected.sum(), x)
+
+
+def robust_mean(samples: torch.Tensor) -> torch.Tensor:
+    """The MAD robust mean of one image's samples alone: what DAVE needs without reliability."""
+    median, threshold = _median_and_threshold(samples)
+    keep = (samples - median).abs() <= threshold
+    return (samples * keep).sum(0) / keep.sum(0)
+
+
+def with_reliability(samples: torch.Tensor, halves: torch.Tensor) -> torch.Tensor:
+    """The engine's bookkeeping of one image's samples: the robust means of all samples and of
+    each half, and the halves' split-half reliability."""
+    accumulator = SampleAccumulator()
+    accumulator.add(samples, halves)
+    _, half_a, half_b = accumulator.means()
+    return split_half_reliability(half_a[None], half_b[None])
+
+
+def training_step(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> None:
+    """One AdamW step on ``inputs`` in train mode (the weights change: time it, not its result)."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    torch.nn.functional.cross_entropy(model(inputs), target).backward()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def no_grad_forward(model: ModelAdapter, inputs: torch.Tensor) -> None:
+    """A forward of ``inputs`` without gradients, as the deletion curves' passes."""
+    with model.attribution(), torch.no_grad():
+        model(inputs)
 
 
 def one_sample_per_pass(
@@ -173,7 +216,7 @@ def memory_child(device: str, what: str, value: int, batch_size: int) -> None:
 
 def child_peak(device: str, what: str, value: int, batch_size: int) -> float:
     command = [sys.executable, __file__, "--child", what, str(value), "--batch-size"]
-    command += [str(batch_size), "--device", device]
+    command += [str(batch_size), "--device", device, "--threads", str(torch.get_num_threads())]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak"]
 
@@ -184,8 +227,12 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16, help="for the memory rows")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch's CPU threads"
+    )
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.child is not None:
         memory_child(args.device, args.child[0], int(args.child[1]), args.batch_size)
         return
@@ -225,6 +272,36 @@ def main() -> None:
     print(f"  best floor ({batches[best]} items per pass) {floor_s:>9.3f} s")
     print(f"  floor in effective mode        {effective_s:>9.3f} s  {effective_s / floor_s:.2f} ×")
     print(f"  DAVE, batch_size=None          {dave_s:>9.3f} s  {dave_s / floor_s:.2f} ×")
+
+    generator = torch.Generator().manual_seed(2)
+    samples = torch.randn(n, *images.shape[1:], generator=generator).to(args.device)
+    halves = (sample_order(n) % 2).to(args.device)
+    mean_s, reliable_s = timed_side_by_side(
+        [lambda: robust_mean(samples), lambda: with_reliability(samples, halves)],
+        args.device,
+        args.repeats,
+    )
+    extra = (reliable_s - mean_s) * len(images)
+    print(
+        f"  reliability bookkeeping         {extra:>9.3f} s  {extra / dave_s:.1%} of DAVE's call "
+        f"(robust mean alone {mean_s * 1e3:.0f} ms per image, with the halves and their "
+        f"Spearman {reliable_s * 1e3:.0f} ms)"
+    )
+
+    trained = timm.create_model(MODEL, pretrained=False).to(args.device)
+    train_s, pass_s, forward_s = timed_side_by_side(
+        [
+            lambda: training_step(trained, inputs, targets),
+            lambda: floor(adapter, inputs, targets, auto, effective=True),
+            lambda: no_grad_forward(adapter, inputs),
+        ],
+        args.device,
+        args.repeats,
+    )
+    print(f"\nthe cost model's passes (docs/callback.md), the same {2 * n} inputs")
+    print(f"  training step (AdamW, train mode)  {train_s:>9.3f} s  1.00")
+    print(f"  DAVE's pass ({auto} per pass)         {pass_s:>9.3f} s  {pass_s / train_s:.2f}")
+    print(f"  forward without gradients          {forward_s:>9.3f} s  {forward_s / train_s:.2f}")
 
     others = {"one sample per pass": lambda: one_sample_per_pass(adapter, images, target, n, 0.5)}
     captum = captum_noise_tunnel(model, images, target, n)

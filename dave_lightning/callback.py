@@ -10,6 +10,7 @@ global RNG come back exactly as they were, and a failing evaluation only warns (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from dave_lightning.attribution.settings import MONITOR_ENGINE
 from dave_lightning.evaluation import Evaluation, EvaluationOptions
 from dave_lightning.models.adapter import ForwardFn
 from dave_lightning.monitor import MonitorSettings, ProbeMonitor, StrategyCollective
+from dave_lightning.monitor.cost import Training
 from dave_lightning.monitor.schedule import Schedule
 from dave_lightning.probe import Probe, val_dataloader
 
@@ -66,6 +68,9 @@ class DAVEMonitor(pl.Callback):
         name: the prefix of every tag and the snapshot folder; give each monitor of a Trainer
             its own.
         on_error: ``"warn"`` skips a failing evaluation, ``"raise"`` stops the fit.
+        max_overhead: the largest share of the training time the monitor may take (e.g.
+            ``0.05``): scheduled evaluations that would exceed it are skipped, never the first
+            or the last of a fit (default: no budget).
 
     Raises:
         TypeError, ValueError: for a bad option here, and in ``setup`` (before the first
@@ -114,6 +119,7 @@ class DAVEMonitor(pl.Callback):
         snapshot_dir: str | Path | None = _OWN.snapshot_dir,
         name: str = _OWN.name,
         on_error: str = _OWN.on_error,
+        max_overhead: float | None = _OWN.max_overhead,
     ) -> None:
         if not (isinstance(probe, (tuple, Dataset, DataLoader, Probe)) or probe == "val"):
             raise TypeError(
@@ -237,6 +243,8 @@ class DAVEMonitor(pl.Callback):
     # -------------------------------------------------------------------------- schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the training the evaluations are measured against is known from here on
+        self.monitor.announce_cost(_training(trainer), _collective(trainer))
         if self.settings.schedule.at_start and not self.history:
             self._evaluate(trainer, pl_module, epoch=trainer.current_epoch)
 
@@ -349,6 +357,27 @@ _NOT_OPTIONS = frozenset({"self", "probe", "__class__"})
 
 def _collective(trainer: pl.Trainer) -> StrategyCollective:
     return StrategyCollective(trainer.strategy, trainer.global_rank, trainer.world_size)
+
+
+def _training(trainer: pl.Trainer) -> Training | None:
+    """How much this process trains in the fit: ``num_training_batches`` (after
+    ``limit_train_batches``) × the train loader's batch size per epoch, optimizer steps per
+    epoch after ``accumulate_grad_batches``, ``max_epochs`` and ``max_steps``; None when the
+    loader's batch size or the epoch's length is not known."""
+    batches = trainer.num_training_batches
+    loader = trainer.train_dataloader
+    size = getattr(loader, "batch_size", None)
+    if size is None:  # a loader with its own batch sampler
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if not isinstance(size, int) or not math.isfinite(batches) or batches < 1:
+        return None
+    max_epochs = trainer.max_epochs
+    return Training(
+        images_per_epoch=int(batches) * size,
+        steps_per_epoch=math.ceil(batches / trainer.accumulate_grad_batches),
+        max_epochs=max_epochs if max_epochs is not None and max_epochs >= 0 else None,
+        max_steps=trainer.max_steps if trainer.max_steps >= 0 else None,
+    )
 
 
 def _fit_ends_now(trainer: pl.Trainer, epoch_ends: bool) -> bool:

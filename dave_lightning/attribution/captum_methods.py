@@ -34,6 +34,21 @@ RESERVED = ("inputs", "target", "internal_batch_size", "nt_samples_batch_size")
 #: Captum classes that wrap another attribution method (``NoiseTunnel(Saliency)``).
 WRAPPERS = ("NoiseTunnel",)
 _NAME = re.compile(r"^(\w+)(?:\((\w+)\))?$")
+#: Model passes per explained image of the Captum classes whose cost is declared, ``(with
+#: gradients, without)``: counts, or the ``attribute`` argument that gives the first (Captum's
+#: default unless ``attribute_kwargs`` sets it). DeepLift runs the inputs and their baselines
+#: through one forward. The perturbation methods (Lime, KernelShap, FeatureAblation, …) have
+#: none: their passes depend on the chunking or on the features.
+CAPTUM_PASSES: dict[str, tuple[int | str, int]] = {
+    "Saliency": (1, 0),
+    "InputXGradient": (1, 0),
+    "GuidedBackprop": (1, 0),
+    "Deconvolution": (1, 0),
+    "DeepLift": (2, 0),
+    "IntegratedGradients": ("n_steps", 0),
+}
+#: Wrappers multiply their method's passes by an ``attribute`` argument.
+WRAPPER_PASSES = {"NoiseTunnel": "nt_samples"}
 
 
 def _captum_attr() -> Any:
@@ -187,6 +202,30 @@ class CaptumMethod:
             return finish(out).to(images.device)
 
     __call__ = attribute
+
+    @property
+    def passes_per_image(self) -> tuple[int, int] | None:
+        """Model passes per explained image, ``(with gradients, without)``, from the Captum
+        class and its arguments (``n_steps``, ``nt_samples``, …); None for a class without a
+        declaration in ``CAPTUM_PASSES`` (docs/callback.md, "What it costs")."""
+        method, factor = self.method, 1
+        argument = WRAPPER_PASSES.get(type(method).__name__)
+        if argument is not None:
+            factor = self._argument(method, argument)
+            method = method.attribution_method
+        declared = CAPTUM_PASSES.get(type(method).__name__)
+        if declared is None:
+            return None
+        grad, no_grad = declared
+        if isinstance(grad, str):
+            grad = self._argument(method, grad)
+        return factor * grad, factor * no_grad
+
+    def _argument(self, method: Any, name: str) -> int:
+        """The value of ``attribute``'s argument ``name`` in this method's calls."""
+        if name in self.attribute_kwargs:
+            return int(self.attribute_kwargs[name])
+        return int(inspect.signature(method.attribute).parameters[name].default)
 
     def _cap_options(self, cap: int, items: int) -> dict[str, int]:
         """Captum's own batching arguments that keep each pass of ``items`` images under

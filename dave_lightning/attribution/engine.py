@@ -133,6 +133,15 @@ class DAVE:
         return self.adapter.model
 
     @property
+    def passes_per_image(self) -> tuple[int, int]:
+        """Model passes per explained image (with gradients, without): ``n_samples``, or with
+        adaptive sampling at most ``max_samples``, an upper bound (docs/callback.md, "What it
+        costs")."""
+        settings = self.settings
+        adaptive = settings.target_reliability is not None
+        return (settings.max_samples if adaptive else settings.n_samples, 0)
+
+    @property
     def noise_alpha(self) -> float:
         """The noise level in use (the reference value when ``noise_alpha=None`` was given)."""
         return self.settings.noise_alpha

@@ -25,7 +25,13 @@ from dave_lightning.models import ModelAdapter
 
 
 class AttributionMethod(Protocol):
-    """Anything with ``attribute(images (B, C, H, W), target (B,)) -> maps (B, 1, H, W)``."""
+    """Anything with ``attribute(images (B, C, H, W), target (B,)) -> maps (B, 1, H, W)``.
+
+    A method may declare its cost, ``passes_per_image``: the images its ``attribute`` sends
+    through the model's forward per image it explains, ``(with gradients, without)``; the
+    monitor's cost estimate counts it (docs/callback.md, "What it costs"), and leaves a method
+    without one uncounted, saying so.
+    """
 
     def attribute(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
@@ -38,6 +44,7 @@ class _InputTimesGradient:
     """Input × gradient of the target logit from one clean pass, post-processed like DAVE."""
 
     effective: bool
+    passes_per_image = (1, 0)  # one forward + backward per image
 
     def __init__(
         self,

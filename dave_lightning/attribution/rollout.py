@@ -204,6 +204,12 @@ class AttentionRollout:
 
     __call__ = attribute
 
+    @property
+    def passes_per_image(self) -> tuple[int, int]:
+        """One forward per image (with gradients, without): with a backward for gradient
+        rollout, without gradients for attention rollout (docs/callback.md, "What it costs")."""
+        return (1, 0) if self.gradient else (0, 1)
+
     def _grid(self, images: torch.Tensor) -> tuple[int, int]:
         """(rows, columns) of the patch grid for these images."""
         patch = self.adapter.patch_size

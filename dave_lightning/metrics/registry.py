@@ -1,9 +1,10 @@
 """The metric registry: each metric the monitor and ``compare`` compute, declared once.
 
 A :class:`MetricSpec` names a metric (the name users pass in ``metrics=``), says whether it
-needs extra model passes (``slow``: computed every ``slow_metrics_every``-th evaluation), what
-it needs from the probe or the model, which keys it logs, what its curves are called, and how
-to compute per-item values from :class:`MetricInputs`. The evaluator and the monitor ask the
+needs extra model passes (``slow``: computed every ``slow_metrics_every``-th evaluation) and how
+many (``cost``, from a :class:`CostContext`), what it needs from the probe or the model, which
+keys it logs, what its curves are called, and how to compute per-item values from
+:class:`MetricInputs`. The evaluator and the monitor ask the
 registry and nothing else about metric names; adding a metric is one :func:`register_metric`
 call (docs/architecture.md, "Add a metric").
 """
@@ -22,7 +23,7 @@ from dave_lightning.metrics.grid import GridItems
 from dave_lightning.metrics.localization import energy_pointing_game, grid_pointing_game
 from dave_lightning.metrics.sanity import MethodBuilder, model_randomization
 from dave_lightning.metrics.sparsity import gini
-from dave_lightning.metrics.stability import stability
+from dave_lightning.metrics.stability import STABILITY_TRANSFORMS, stability
 from dave_lightning.models import ModelAdapter
 
 AttributeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +52,42 @@ class KeyContext:
     methods: tuple[str, ...] = ("dave",)
     regions: tuple[str, ...] = ()
     deletion_baseline: str = "blur"
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Images through the model's forward, with gradients and without; ``uncounted`` names
+    what runs passes without declaring how many (docs/callback.md, "What it costs")."""
+
+    grad: int = 0
+    no_grad: int = 0
+    uncounted: frozenset[str] = frozenset()
+
+    def __add__(self, other: Passes) -> Passes:
+        return Passes(
+            self.grad + other.grad, self.no_grad + other.no_grad, self.uncounted | other.uncounted
+        )
+
+    def __mul__(self, count: int) -> Passes:
+        return Passes(self.grad * count, self.no_grad * count, self.uncounted)
+
+
+@dataclass(frozen=True)
+class CostContext:
+    """What the model passes of one method's metrics depend on, in one process: the method,
+    every method's passes per attributed image (DAVE first), the probe images and grid items
+    this process evaluates, the deletion steps, and the model's blocks (None: not known)."""
+
+    method: str
+    per_image: Mapping[str, Passes]
+    probe: int
+    grid_items: int
+    deletion_steps: int
+    blocks: int | None
+
+    def maps(self, images: int, method: str | None = None) -> Passes:
+        """The passes of ``method``'s (default: this context's) maps of ``images`` images."""
+        return self.per_image[method or self.method] * images
 
 
 @dataclass
@@ -117,14 +154,15 @@ class CurveFigure:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric: its name, cost class, needs, keys, curves and computation.
+    """One metric: its name, cost, needs, keys, curves and computation.
 
     ``compute(inputs)`` returns per-item values (probe images, or grid cells when ``unit`` is
     ``"grid"``), which the evaluator averages over the probe (NaN skipped). ``keys(context)``
     names the values it returns before it runs (default: the metric's name). ``dave_only``
     metrics are computed once, with DAVE's inputs; ``implicit`` ones run whenever their needs
     are met and are not named in ``metrics=``; ``opt_in`` ones run only when named there (costly
-    checks). ``figure`` says how its curves are drawn.
+    checks). ``figure`` says how its curves are drawn. ``cost(context)`` declares the model
+    passes a ``slow`` metric runs for one method (a metric that is not slow runs none).
     """
 
     name: str
@@ -137,6 +175,7 @@ class MetricSpec:
     opt_in: bool = False
     keys: Callable[[KeyContext], tuple[str, ...]] | None = None
     figure: CurveFigure | None = None
+    cost: Callable[[CostContext], Passes] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -152,6 +191,15 @@ class MetricSpec:
         if self.dave_only and context.method != "dave":
             return ()
         return (self.name,) if self.keys is None else self.keys(context)
+
+    def passes(self, context: CostContext) -> Passes:
+        """The model passes this metric runs for ``context``'s method: none for a metric that
+        is not slow or a method it skips; a slow one without a ``cost`` is uncounted."""
+        if not self.slow or (self.dave_only and context.method != "dave"):
+            return Passes()
+        if self.cost is None:
+            return Passes(uncounted=frozenset({self.name}))
+        return self.cost(context)
 
 
 def _energy_pg(inputs: MetricInputs) -> MetricValues:
@@ -181,6 +229,11 @@ STABILITY_STATISTICS = ("pearson", "spearman", "topk_iou")
 def _stability(inputs: MetricInputs) -> MetricValues:
     scores = stability(inputs.attribute, inputs.images, inputs.targets, maps=inputs.maps)
     return MetricValues({f"stability_{key}": scores[key] for key in STABILITY_STATISTICS})
+
+
+def _stability_cost(context: CostContext) -> Passes:
+    """The maps of each probe image moved by each transform (the probe's maps are reused)."""
+    return context.maps(context.probe * len(STABILITY_TRANSFORMS))
 
 
 def _grid_pg(inputs: MetricInputs) -> MetricValues:
@@ -230,14 +283,24 @@ def _curves(inputs: MetricInputs, kind: str) -> MetricValues:
 
 
 def _curve_spec(kind: str, figure: CurveFigure) -> MetricSpec:
-    """The slow metric of the ``kind`` (deletion, insertion) curves."""
+    """The slow metric of the ``kind`` (deletion, insertion) curves: per order, ``deletion_steps``
+    perturbed copies of each probe image through the model, without gradients."""
 
     def keys(context: KeyContext) -> tuple[str, ...]:
         orders = _orders(kind, context.method)
         return tuple(f"{kind}_{order}_{context.deletion_baseline}" for order in orders)
 
+    def cost(context: CostContext) -> Passes:
+        orders = len(_orders(kind, context.method))
+        return Passes(no_grad=orders * context.probe * context.deletion_steps)
+
     return MetricSpec(
-        kind, lambda inputs: _curves(inputs, kind), slow=True, keys=keys, figure=figure
+        kind,
+        lambda inputs: _curves(inputs, kind),
+        slow=True,
+        keys=keys,
+        figure=figure,
+        cost=cost,
     )
 
 
@@ -252,6 +315,14 @@ def _sanity(inputs: MetricInputs) -> MetricValues:
         values[f"sanity/{method}"] = cascade.spearman[-1]
         values[f"sanity/{method}/topk_iou"] = cascade.topk_iou[-1]
     return MetricValues(values)
+
+
+def _sanity_cost(context: CostContext) -> Passes:
+    """Each method's maps of the probe after each cascade step: the head, then every block."""
+    if context.blocks is None:
+        return Passes(uncounted=frozenset({"sanity"}))
+    steps = 1 + context.blocks
+    return sum((context.maps(context.probe, m) * steps for m in context.per_image), Passes())
 
 
 def _sanity_keys(context: KeyContext) -> tuple[str, ...]:
@@ -309,8 +380,16 @@ for _spec in (
         _stability,
         slow=True,
         keys=lambda context: tuple(f"stability_{key}" for key in STABILITY_STATISTICS),
+        cost=_stability_cost,
     ),
-    MetricSpec("grid_pg", _grid_pg, slow=True, needs=frozenset({"grid"}), unit="grid"),
+    MetricSpec(
+        "grid_pg",
+        _grid_pg,
+        slow=True,
+        needs=frozenset({"grid"}),
+        unit="grid",
+        cost=lambda context: context.maps(context.grid_items),
+    ),
     _curve_spec(
         "deletion", CurveFigure("Pixel deletion", "fraction of pixels removed", PROBABILITY)
     ),
@@ -326,7 +405,15 @@ for _spec in (
             f"drift_{reference}_{key}" for reference in REFERENCES for key in DRIFT_STATISTICS
         ),
     ),
-    MetricSpec("sanity", _sanity, slow=True, dave_only=True, opt_in=True, keys=_sanity_keys),
+    MetricSpec(
+        "sanity",
+        _sanity,
+        slow=True,
+        dave_only=True,
+        opt_in=True,
+        keys=_sanity_keys,
+        cost=_sanity_cost,
+    ),
 ):
     register_metric(_spec)
 

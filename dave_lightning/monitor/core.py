@@ -25,10 +25,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from dave_lightning import panels, viz
 from dave_lightning.evaluation import Evaluation, MetricPlan, ProbeEvaluator
-from dave_lightning.metrics.registry import METRICS, NEEDS
+from dave_lightning.metrics.registry import METRICS, NEEDS, Passes
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import resolve_encoding
 from dave_lightning.monitor.collective import SINGLE_PROCESS, Collective, run_sharded
+from dave_lightning.monitor.cost import (
+    Clock,
+    CostEstimate,
+    Training,
+    evaluation_passes,
+    fit_evaluations,
+)
 from dave_lightning.monitor.folder import (
     FolderError,
     RunFolder,
@@ -44,6 +51,8 @@ from dave_lightning.sinks import Destinations, destinations
 from dave_lightning.snapshot import list_snapshots, load_evaluation, snapshot_path
 
 ProbeSource = tuple | Dataset | DataLoader | Probe
+#: The time shares in an evaluation's metrics (monitor/cost.py's Clock).
+TIME_SHARES = ("time_share", "time_share_cumulative")
 
 
 class ProbeMonitor:
@@ -94,6 +103,11 @@ class ProbeMonitor:
         self._fingerprint: torch.Tensor | None = None
         self._warned: set[str] = set()
         self._pixel_shares: dict[str, float] = {}
+        # what it costs (monitor/cost.py): passes per evaluation, the fit's clock and budget
+        self._passes: tuple[Passes, Passes] | None = None  # without, with the slow metrics
+        self.cost: CostEstimate | None = None
+        self._clock = Clock(self.settings.max_overhead)
+        self._skipped_step: int | None = None
 
     # ------------------------------------------------------------------------- identity
 
@@ -186,6 +200,10 @@ class ProbeMonitor:
         if plan.left_out:
             self._warn_once("left out", _left_out_message(self.name, plan.left_out))
         self._adapter, self._evaluator, self._plan = adapter, evaluator, plan
+        self._passes = tuple(
+            evaluation_passes(evaluator, plan, adapter, slow=slow, world_size=collective.world_size)
+            for slow in (False, True)
+        )
         self._pixel_shares = _pixel_shares(self.probe)
         self._normalization = adapter.normalization(settings.mean, settings.std)
         self._images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
@@ -237,6 +255,27 @@ class ProbeMonitor:
                     # Fabric's CSVLogger declares the method and raises NotImplementedError
                     with contextlib.suppress(NotImplementedError):
                         logger.log_hyperparams(self.hyperparameters())
+        self._clock = Clock(self.settings.max_overhead)
+
+    def announce_cost(
+        self, training: Training | None = None, collective: Collective = SINGLE_PROCESS
+    ) -> CostEstimate:
+        """The cost estimate of this fit's evaluations against its ``training`` (None: not
+        known), said in one line and sent to the loggers as ``<name>/cost/...``
+        hyper-parameters, on rank 0; call it once per fit, after :meth:`start`."""
+        fast, slow = self._passes
+        evaluations = (
+            None if training is None else fit_evaluations(self.settings.schedule, training)
+        )
+        adaptive = self.settings.engine.target_reliability is not None
+        self.cost = CostEstimate(fast, slow, adaptive, training, evaluations)
+        if collective.rank == 0:
+            print(self.cost.line(self.name), flush=True)
+            for logger in self._destinations.loggers:
+                if hasattr(logger, "log_hyperparams"):
+                    with contextlib.suppress(NotImplementedError):
+                        logger.log_hyperparams(self.cost.hyperparameters(self.name))
+        return self.cost
 
     def _run_folder(self) -> Path:
         """Where this run's snapshots go: the resumed run's folder, else the candidate (or,
@@ -264,6 +303,9 @@ class ProbeMonitor:
         metrics.update(("probe_accuracy", "map_reliability"))
         keys = {*metrics, *(f"{key}/{bound}" for key in metrics for bound in ("low", "high"))}
         keys.update(f"alert/{region}" for region in self._pixel_shares)
+        keys.update(TIME_SHARES)
+        if self.settings.max_overhead is not None:
+            keys.add("skipped")
         return keys
 
     def is_slow(self, key: str) -> bool:
@@ -311,7 +353,11 @@ class ProbeMonitor:
         """Whether the schedule evaluates at ``step`` (after the optimizer step), or at the end
         of (0-based) epoch ``epoch_end``, or the run ``requested`` an evaluation now (the
         HuggingFace Trainer's evaluation events); never twice at one step."""
-        if self._evaluator is None or step in (self._last_step, self._attempted_step):
+        if self._evaluator is None or step in (
+            self._last_step,
+            self._attempted_step,
+            self._skipped_step,
+        ):
             return False
         schedule = self.settings.schedule
         by_epoch = epoch_end is not None and schedule.epoch_due(epoch_end)
@@ -327,13 +373,41 @@ class ProbeMonitor:
         collective: Collective = SINGLE_PROCESS,
     ) -> Evaluation | None:
         """One scheduled evaluation, computed, written and published; None when it failed
-        (with a warning; ``on_error="raise"`` raises instead)."""
-        self._attempted_step = step
+        (with a warning; ``on_error="raise"`` raises instead) or skipped by the overhead
+        budget. Its metrics carry its time shares (``time_share``, ``time_share_cumulative``)
+        and, with ``max_overhead``, the evaluations ``skipped`` so far in this fit."""
         slow = self.settings.schedule.slow(len(self.history), last)
+        if not self._within_budget(step, slow, last, collective):
+            return None
+        self._attempted_step = step
         return self._guarded(
             step,
-            lambda: self._evaluate_and_publish(step, epoch, slow, collective, model, last=last),
+            lambda: self._evaluate_and_publish(
+                step, epoch, slow, collective, model, last=last, timed=True
+            ),
         )
+
+    def _within_budget(self, step: int, slow: bool, last: bool, collective: Collective) -> bool:
+        """The overhead budget (``max_overhead``): an evaluation whose predicted time would take
+        the monitor's over that share of the training time is skipped, never the first of a fit
+        (nothing predicts it) or the last; rank 0's decision holds on every rank."""
+        clock = self._clock
+        if clock.max_overhead is None or last:
+            return True
+        if collective.broadcast(clock.within_budget(slow)):
+            return True
+        clock.skipped += 1
+        self._skipped_step = step
+        if collective.rank == 0:
+            self._warn_once(
+                "budget",
+                f"DAVEMonitor {self.name!r}: skipped the evaluation at step {step} to keep its "
+                f"time within max_overhead={clock.max_overhead:g} of the training time (it "
+                f"would take about {clock.predicted(slow):.1f} s); the first and the last "
+                f"evaluation of a fit always run, and {self.name}/skipped counts the skipped "
+                "ones",
+            )
+        return False
 
     def evaluate(
         self,
@@ -518,7 +592,7 @@ class ProbeMonitor:
         for key in sorted(k for k in keys if "/" not in k):
             tags = [f"{self.name}/{m}/{key}" for m in methods if f"{m}/{key}" in keys]
             charts[key] = [f"{self.name}/{key}", *tags]
-        for key in sorted(k for k in keys if not k.startswith(("alert/", "time_share"))):
+        for key in sorted(k for k in keys if not k.startswith(("alert/", "time_share", "skipped"))):
             tag = f"{self.name}/{key}"
             margins[f"{key} ({self._confidence_label()} interval)"] = (
                 tag,
@@ -619,14 +693,33 @@ class ProbeMonitor:
         *,
         last: bool = True,
         mode: str | None = None,
+        timed: bool = False,
     ) -> Evaluation:
-        evaluation = self.evaluate(model, step=step, epoch=epoch, slow=slow, collective=collective)
-        if mode is None:
-            same_step = self._last is not None and step == self._last_step
-            mode = "replace" if same_step else "new"
-        published = self._publish(evaluation, collective, mode)
+        started = time.perf_counter()
+        try:
+            evaluation = self.evaluate(
+                model, step=step, epoch=epoch, slow=slow, collective=collective
+            )
+            if timed:
+                evaluation = self._with_time_shares(evaluation, started)
+            if mode is None:
+                same_step = self._last is not None and step == self._last_step
+                mode = "replace" if same_step else "new"
+            published = self._publish(evaluation, collective, mode)
+        finally:
+            self._clock.spent(started, slow)
         self._fingerprint = _fingerprint(self._adapter.model) if last else None
         return published
+
+    def _with_time_shares(self, evaluation: Evaluation, started: float) -> Evaluation:
+        """The evaluation's time shares (when training ran since the previous one) and, with
+        ``max_overhead``, the count of skipped evaluations, added to its metrics."""
+        metrics = dict(evaluation.metrics)
+        if evaluation.global_step > (self._last_step or 0):  # training ran since the last one
+            metrics.update(self._clock.shares(evaluation.seconds, started))
+        if self._clock.max_overhead is not None:
+            metrics["skipped"] = float(self._clock.skipped)
+        return replace(evaluation, metrics=metrics)
 
     def _adapter_for(self, model: nn.Module) -> ModelAdapter:
         if model is self._adapter.model:

@@ -32,7 +32,8 @@ class MonitorSettings:
     ``max_images``) and their display normalisation (``mean``, ``std``); ``forward_fn`` and
     ``input_encoding`` for models that need them; where snapshots go (``snapshot_dir``); the
     tag prefix (``name``); what a failure does (``on_error``); the region alarm's
-    ``alert_ratio``.
+    ``alert_ratio``; the opt-in overhead budget ``max_overhead``, the largest share of the
+    training time the monitor may take (evaluations that would exceed it are skipped).
     """
 
     engine: DAVESettings = MONITOR_ENGINE
@@ -50,12 +51,20 @@ class MonitorSettings:
     name: str = "dave"
     on_error: str = "warn"
     alert_ratio: float = 2.0
+    max_overhead: float | None = None
 
     def __post_init__(self) -> None:
         check_int("num_probe", self.num_probe, minimum=1)
         check_int("max_images", self.max_images, minimum=0)
         check_choice("on_error", self.on_error, ("warn", "raise"))
         check_number("alert_ratio", self.alert_ratio, 1.0, float("inf"))
+        if self.max_overhead is not None:
+            check_number("max_overhead", self.max_overhead, 0.0, 1.0)
+            if self.max_overhead == 0:
+                raise ValueError(
+                    "max_overhead must be > 0, a share of the training time (e.g. 0.05); pass "
+                    "None for no budget"
+                )
         if self.regions is not None and not isinstance(self.regions, Mapping):
             raise TypeError(
                 "regions must map a name to (N, H, W) bool masks, got "
