@@ -7,9 +7,11 @@ than the default demo (fewer training images and epochs; the model, image size, 
 monitor settings are the demo's). Prints per run: the step (epoch) of the first evaluation that
 raised the region alarm, or "never"; the corner square's attribution share at the end with its
 interval; EnergyPG untrained, at its peak and at the end, with intervals; the train − val
-accuracy gap at the end (val never carries the marker); and the ratio the alarm compares with
-``alert_ratio``, the lower bound of the corner share over the square's share of the pixels,
-untrained and at its highest over the run (the alarm fires where it exceeds ``alert_ratio``).
+accuracy gap at the end (val never carries the marker); how much the trained model reads the
+marker, measured without DAVE: its accuracy on 512 probe-split images drawn with the marker
+minus on the same images without it; and the ratio the alarm compares with ``alert_ratio``,
+the lower bound of the corner share over the square's share of the pixels, untrained and at its
+highest over the run (the alarm fires where it exceeds ``alert_ratio``).
 
     python benchmarks/bench_shortcut.py [--epochs 3] [--train-size 2048]
 """
@@ -23,10 +25,30 @@ from dataclasses import replace
 
 import torch
 
+from dave_lightning.data import ShapesClassifier, SyntheticShapes, render
 from dave_lightning.demo import DEFAULT, REGION_KEY, SHORTCUT_RATE, DemoRun, fit_demo
 
 SHORTCUT_SEEDS = (0, 1, 2, 3, 4)
 CONTROL_SEEDS = (0, 1, 2)
+RELIANCE_IMAGES = 512
+
+
+def marker_reliance(run: DemoRun, seed: int) -> float:
+    """Accuracy of the run's trained model on probe-split images with the marker minus on the
+    same images without it (the renderings differ only in the marker's pixels)."""
+    checkpoint = next((run.log_dir / "checkpoints").glob("*.ckpt"))
+    model = ShapesClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    size = model.hparams.image_size
+    accuracy = []
+    for rate in (1.0, 0.0):
+        dataset = SyntheticShapes(
+            RELIANCE_IMAGES, split="probe", image_size=size, shortcut=rate, seed=seed
+        )
+        images, labels, _ = render(dataset)
+        with torch.no_grad():
+            predictions = torch.cat([model(chunk).argmax(1) for chunk in images.split(128)])
+        accuracy.append(float((predictions == labels).float().mean()))
+    return accuracy[0] - accuracy[1]
 
 
 def interval(row: dict[str, float], key: str) -> str:
@@ -49,6 +71,7 @@ def describe(kind: str, seed: int, run: DemoRun, seconds: float) -> str:
         f"{interval(peak, 'energy_pg'):>21} ({peak['epoch']:.0f})",
         f"{interval(last, 'energy_pg'):>21}",
         f"{last['train_acc'] - last['val_acc']:>+8.3f}",
+        f"{marker_reliance(run, seed):>+7.3f}",
         f"{ratios[0]:>5.2f} {max(ratios):>5.2f}",
         f"{seconds:>5.0f}",
     ]
@@ -77,6 +100,7 @@ def main() -> None:
         f"{'EnergyPG peak (epoch)':>29}",
         f"{'EnergyPG last':>21}",
         f"{'gap':>8}",
+        f"{'reads':>7}",
         f"{'ratio 0, max':>11}",
         f"{'s':>5}",
     ]
@@ -91,7 +115,8 @@ def main() -> None:
         f"({settings.num_probe} probe images) exceeds {run.alert_ratio:g} x the square's "
         f"{run.pixel_share:.3f} share of the pixels; gap: train - val accuracy at the end; "
         "step (epoch): the evaluation's global step and epochs trained; ratio: lower bound / "
-        "pixel share, untrained and highest; s: seconds per run"
+        "pixel share, untrained and highest; reads: accuracy with the marker - without, "
+        f"{RELIANCE_IMAGES} probe-split images; s: seconds per run"
     )
 
 

@@ -23,8 +23,11 @@ from lightning_fixtures import TinyClassifier, loader, random_data
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dave_lightning import DAVEMonitor
+from dave_lightning.evaluation import Evaluation
+from dave_lightning.monitor import ProbeMonitor
 
 PATCH = 8
+PIXEL_SHARE = 2 * PATCH * PATCH / (32 * 32)  # of each region: 0.125
 BATCHES = 2  # training batches per epoch
 FAST = {"n_samples": 2, "metrics": ("energy_pg",), "compare_methods": (), "log_images": False}
 
@@ -57,13 +60,17 @@ def corners(size: int, top: bool = True) -> torch.Tensor:
     return mask
 
 
-def monitor(n: int = 16) -> DAVEMonitor:
-    images, labels, masks = random_data(n)
+def probe_and_regions(n: int = 16) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
     regions = {
         "corners": corners(32).expand(n, 32, 32).clone(),
         "bottom": corners(32, top=False).expand(n, 32, 32).clone(),
     }
-    return DAVEMonitor((images, labels, masks), regions=regions, **FAST)
+    return random_data(n), regions
+
+
+def monitor() -> DAVEMonitor:
+    probe, regions = probe_and_regions()
+    return DAVEMonitor(probe, regions=regions, **FAST)
 
 
 def fit(
@@ -107,7 +114,7 @@ def test_the_alarm_is_raised_where_the_maps_concentrate_and_never_on_the_control
     ]
     for entry, fired in zip(watcher.history, raised, strict=True):
         low = entry["intervals"]["region_corners"][0]
-        assert (low > 2.0 / 8) == fired  # the alarm's own rule, at 1/8 of the pixels
+        assert (low > 2.0 * PIXEL_SHARE) == fired  # the alarm's own rule
         assert entry["metrics"]["alert/corners"] == float(fired)
 
     accumulator = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0})
@@ -141,3 +148,25 @@ def test_early_stopping_on_the_alarm_stops_the_fit_at_the_evaluation_where_it_fi
     assert [entry["alerts"]["corners"] for entry in watcher.history] == [False] * 3 + [True]
     assert trainer.current_epoch == 3 and trainer.global_step == 3 * BATCHES
     assert stop.stopped_epoch == 2
+
+
+def test_the_alarm_needs_the_lower_bound_not_the_mean_above_the_ratio(tmp_path: Path) -> None:
+    """The same maps, judged at three ratios: the threshold above the interval's lower bound
+    but below the mean raises nothing; just under the lower bound it raises the alarm."""
+    torch.set_num_threads(1)
+    model = CornerReader(from_epoch=0)
+    model.corners_only = True
+    probe, regions = probe_and_regions()
+
+    def evaluate(ratio: float) -> Evaluation:
+        watcher = ProbeMonitor(probe, regions=regions, alert_ratio=ratio, **FAST)
+        watcher.setup(model, root=tmp_path, writes=False)
+        return watcher.evaluate(model, step=0)
+
+    first = evaluate(2.0)
+    assert first.alerts == {"corners": True, "bottom": False}
+    share, (low, _) = first.metrics["region_corners"], first.intervals["region_corners"]
+    assert low < share
+    between = (low + share) / 2 / PIXEL_SHARE  # the mean is above the threshold, the bound not
+    assert evaluate(between).alerts == {"corners": False, "bottom": False}
+    assert evaluate(0.99 * low / PIXEL_SHARE).alerts == {"corners": True, "bottom": False}
