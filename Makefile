@@ -50,3 +50,5 @@ bench: install-test
 	rm -rf $(BENCH_RUN) && $(BIN)/dave-lightning demo --out $(BENCH_RUN) --quiet
 	$(BIN)/python benchmarks/claims.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
 	$(BIN)/python benchmarks/bench_reliability.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
+	$(BIN)/python benchmarks/bench_probe_size.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
+	$(BIN)/python benchmarks/bench_shortcut.py

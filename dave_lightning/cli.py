@@ -212,6 +212,13 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="plant a class-coloured corner marker that the model can learn instead of the shape",
     )
+    demo.add_argument(
+        "--shortcut-rate",
+        type=_unit_float,
+        metavar="R",
+        help="share of training and probe images with the marker (default with --shortcut: "
+        "0.9); implies --shortcut; 0 is the control: the corner is tracked, no marker drawn",
+    )
     _add_output_options(demo, "runs/demo", "no progress output")
     demo.set_defaults(handler=run_demo_command)
 
@@ -472,7 +479,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
     from dave_lightning.demo import run_demo
 
-    options = ("epochs", "out", "seed", "fast", "shortcut", "quiet")
+    options = ("epochs", "out", "seed", "fast", "shortcut", "shortcut_rate", "quiet")
     return run_demo(**{name: getattr(args, name) for name in options})
 
 

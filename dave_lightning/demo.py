@@ -3,9 +3,10 @@
 ``dave-lightning demo`` (and ``make demo``) calls :func:`run_demo`. It writes TensorBoard logs,
 DAVE snapshots, a checkpoint and a report PNG under ``<out>/<run>/version_<n>/`` and prints one
 table row per evaluation plus a plain-words summary. ``--shortcut`` plants a class-coloured
-corner marker in the training and probe images (never in val) to show the monitor catching a
-model that reads the marker instead of the shape. The model and data live in
-``dave_lightning.data`` (the examples and benchmarks use them too).
+corner marker in a share of the training and probe images (never in val) and tracks the
+attribution share on it with the monitor's region alarm; ``--shortcut-rate 0`` is the control
+(the corner is tracked, no marker is drawn). The model and data live in ``dave_lightning.data``
+(the examples and benchmarks use them too).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dave_lightning import viz
 from dave_lightning.callback import DAVEMonitor
+from dave_lightning.core.validation import check_number
 from dave_lightning.data import ShapesClassifier, ShapesDataModule
 from dave_lightning.data.shapes import NUM_CLASSES
 from dave_lightning.snapshot import list_snapshots, load_evaluation
@@ -89,6 +91,8 @@ COLUMNS = {
     "deletion_random_blur": "del rand",
 }
 MARKER_COLUMN = {"region_marker": "marker"}
+REGION = "marker"  # the tracked region's name: its share is logged as dave/region_marker
+REGION_KEY, ALERT = f"region_{REGION}", f"alert/{REGION}"
 LEGEND = """\
 Columns: accuracies, then DAVE on the probe images: EnergyPG / GridPG = share of attribution on
 the object / on its own cell of a 2x2 grid (higher is better); stability = Spearman correlation
@@ -97,13 +101,40 @@ score (lower is better); del = pixel-deletion AUC (blur), least relevant first (
 better), most relevant first (MoRF, lower is better) and in random order (control). GridPG,
 stability and deletion need extra model passes: they are computed at every third evaluation
 and the last one (DAVEMonitor's slow_metrics_every) and show "-" in between."""
-MARKER_LEGEND = "\nmarker = share of attribution on the shortcut marker."
+MARKER_LEGEND = """
+marker = share of attribution on the top-left corner square where the marker is drawn, in every
+probe image (with or without the marker); the region alarm compares it with the square's share
+of the pixels."""
+
+
+def table_columns(tracked: bool) -> dict[str, str]:
+    """The table's columns: the marker share's too when the run tracks the corner region."""
+    return {**COLUMNS, **(MARKER_COLUMN if tracked else {})}
+
+
+def format_header(columns: dict[str, str]) -> str:
+    return " | ".join(["epoch", *(f"{name:>9}" for name in columns.values())])
+
+
+def format_row(row: dict[str, float], columns: dict[str, str]) -> str:
+    cells = [f"{row['epoch']:>5}"]
+    for key in columns:
+        value = row.get(key, math.nan)
+        cells.append(f"{value:>9.3f}" if math.isfinite(value) else f"{'-':>9}")
+    return " | ".join(cells)
+
+
+def format_table(rows: Sequence[dict[str, float]], columns: dict[str, str]) -> str:
+    return "\n".join([format_header(columns), *(format_row(row, columns) for row in rows)])
 
 
 class EvaluationTable(pl.Callback):
     """Collects one row per DAVEMonitor evaluation (with train/val accuracy) and prints it.
 
-    Must come after the monitor in ``callbacks`` so that its hooks see the new evaluation.
+    A row holds the evaluation's step and epoch, its metrics (the region alarm's
+    ``alert/<region>`` among them) and their interval bounds as ``<metric>/low`` and
+    ``<metric>/high``. Must come after the monitor in ``callbacks`` so that its hooks see the
+    new evaluation.
     """
 
     def __init__(self, monitor: DAVEMonitor, columns: dict[str, str], live: bool) -> None:
@@ -114,7 +145,7 @@ class EvaluationTable(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.live:
-            print(self.header(), flush=True)
+            print(format_header(self.columns), flush=True)
         self._collect(epochs=0, accuracy={})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: ShapesClassifier) -> None:
@@ -128,35 +159,48 @@ class EvaluationTable(pl.Callback):
             return
         row = {"epoch": epochs, "step": history[-1]["global_step"], **accuracy}
         row.update(history[-1]["metrics"])
+        for key, (low, high) in history[-1]["intervals"].items():
+            row[f"{key}/low"], row[f"{key}/high"] = low, high
         self.rows.append(row)
         if self.live:
-            print(self.format_row(row), flush=True)
-
-    def header(self) -> str:
-        return " | ".join(["epoch", *(f"{name:>9}" for name in self.columns.values())])
-
-    def format_row(self, row: dict[str, float]) -> str:
-        cells = [f"{row['epoch']:>5}"]
-        for key in self.columns:
-            value = row.get(key, math.nan)
-            cells.append(f"{value:>9.3f}" if math.isfinite(value) else f"{'-':>9}")
-        return " | ".join(cells)
-
-    def table(self) -> str:
-        return "\n".join([self.header(), *(self.format_row(row) for row in self.rows)])
+            print(format_row(row, self.columns), flush=True)
 
 
-def summary(rows: Sequence[dict[str, float]], shortcut: bool) -> list[str]:
+@dataclass(frozen=True)
+class DemoRun:
+    """A finished demo fit: its table rows (one per evaluation) and where it wrote.
+
+    ``shortcut_rate`` is None for a run without the marker region; with it, ``pixel_share`` is
+    the tracked region's share of the pixels and ``alert_ratio`` and ``confidence`` are the
+    monitor's alarm settings.
+    """
+
+    rows: list[dict[str, float]]
+    log_dir: Path
+    snapshot_dir: Path
+    images01: torch.Tensor
+    shortcut_rate: float | None
+    pixel_share: float
+    alert_ratio: float
+    confidence: float
+
+    def alarm(self) -> dict[str, float] | None:
+        """The row of the first evaluation that raised the region alarm, or None."""
+        return next((row for row in self.rows if row.get(ALERT) == 1.0), None)
+
+
+def summary(run: DemoRun) -> list[str]:
     """Plain-words reading of the evaluations: did the model learn, where do the maps point."""
+    rows = run.rows
     first, last = rows[0], rows[-1]
     chance = 1 / NUM_CLASSES
-    train, val = last["train_acc"], last["val_acc"]
+    val = last["val_acc"]
     learned = "The model learned" if val >= 2 * chance else "The model stayed near chance"
     lines = [
         f"{learned}: val accuracy {val:.2f} after {last['epoch']} epochs (chance {chance:.2f})."
     ]
     energy_first, energy_last = first["energy_pg"], last["energy_pg"]
-    if not shortcut:
+    if run.shortcut_rate is None:
         verb = "rose" if energy_last > energy_first else "did not rise"
         lines.append(
             f"EnergyPG (share of DAVE attribution on the object) {verb}: {energy_first:.2f} "
@@ -172,24 +216,67 @@ def summary(rows: Sequence[dict[str, float]], shortcut: bool) -> list[str]:
                 f"{deleted[-1]['epoch']})."
             )
         return lines
-    peak = max(rows, key=lambda row: row["energy_pg"])
-    marker_first, marker_last = first["region_marker"], last["region_marker"]
-    lines += [
-        f"Shortcut: {SHORTCUT_RATE:.0%} of the training and probe images carry a class-coloured "
-        "square in the top-left corner (1.6 % of the pixels); val images never do.",
-        f"The share of DAVE attribution on the marker went from {marker_first:.2f} untrained to "
-        f"{marker_last:.2f}, while EnergyPG on the object went from its peak of "
-        f"{peak['energy_pg']:.2f} (epoch {peak['epoch']}) to {energy_last:.2f}.",
-        f"Train accuracy {train:.2f} against val accuracy {val:.2f} (val has no marker).",
-    ]
-    if marker_last > 2 * marker_first and energy_last < peak["energy_pg"] and train > val:
-        lines.append(
-            "DAVEMonitor caught the shortcut: the model looks at the corner marker instead of "
-            "the shape, and pays for it on val."
+    return lines + _shortcut_lines(run)
+
+
+def _shortcut_lines(run: DemoRun) -> list[str]:
+    """The shortcut run's reading: the region alarm's verdict, then the numbers behind it."""
+    first, last = run.rows[0], run.rows[-1]
+    peak = max(run.rows, key=lambda row: row["energy_pg"])
+    level = f"{run.confidence:.0%}"
+    limit = run.alert_ratio * run.pixel_share
+    if run.shortcut_rate > 0:
+        setup = (
+            f"Shortcut: {run.shortcut_rate:.0%} of the training and probe images carry a "
+            "class-coloured square in the top-left corner "
+            f"({run.pixel_share:.1%} of the pixels); val images never do."
         )
     else:
-        lines.append("The monitor did not see the marker take over in this run.")
-    return lines
+        setup = (
+            "Control: no image carries the marker; the monitor tracks the top-left corner "
+            f"square where it would be ({run.pixel_share:.1%} of the pixels)."
+        )
+    alarm = run.alarm()
+    if alarm is not None:
+        verdict = (
+            f"Region alarm raised at step {alarm['step']} (epoch {alarm['epoch']}): DAVE put "
+            f"{_with_interval(alarm, REGION_KEY)} ({level} interval) of its attribution on the "
+            f"corner square; the interval's lower bound exceeds {run.alert_ratio:g} x its "
+            f"{run.pixel_share:.3f} share of the pixels ({limit:.3f})."
+        )
+    else:
+        verdict = (
+            f"Region alarm never raised: the lower bound of the corner square's attribution "
+            f"share stayed at or below {run.alert_ratio:g} x its {run.pixel_share:.3f} share "
+            f"of the pixels ({limit:.3f})"
+        )
+        bounded = [row for row in run.rows if f"{REGION_KEY}/low" in row]
+        if bounded:
+            top = max(bounded, key=lambda row: row[f"{REGION_KEY}/low"])
+            verdict += (
+                f"; its highest lower bound was {top[f'{REGION_KEY}/low']:.3f} (epoch "
+                f"{top['epoch']})"
+            )
+        verdict += "."
+    return [
+        setup,
+        verdict,
+        f"At the last evaluation the corner square held {_with_interval(last, REGION_KEY)} of "
+        f"the attribution. EnergyPG (on the object): {_with_interval(first, 'energy_pg')} "
+        f"untrained, peak {_with_interval(peak, 'energy_pg')} (epoch {peak['epoch']}), last "
+        f"{_with_interval(last, 'energy_pg')}.",
+        f"Train accuracy {last['train_acc']:.2f} against val accuracy {last['val_acc']:.2f}: a "
+        f"gap of {last['train_acc'] - last['val_acc']:+.2f} (val images never carry the "
+        "marker).",
+    ]
+
+
+def _with_interval(row: dict[str, float], key: str) -> str:
+    """``value [low, high]`` of a metric in a table row (the value alone without an interval:
+    fewer than two probe images had a value)."""
+    if f"{key}/low" not in row:
+        return f"{row[key]:.2f}"
+    return f"{row[key]:.2f} [{row[f'{key}/low']:.2f}, {row[f'{key}/high']:.2f}]"
 
 
 # Report panels: title → (key in the table rows, legend label) pairs.
@@ -269,26 +356,29 @@ def quiet_lightning() -> Iterator[None]:
         log.setLevel(level)
 
 
-def run_demo(
+def fit_demo(
+    settings: DemoSettings,
     *,
-    epochs: int | None = None,
-    out: str = "runs/demo",
-    seed: int = 0,
-    fast: bool = False,
-    shortcut: bool = False,
-    quiet: bool = False,
-) -> int:
-    """Train, monitor and report; returns the exit code (0)."""
-    start = time.perf_counter()
-    settings = FAST if fast else DEFAULT
-    if epochs is not None:
-        settings = replace(settings, epochs=epochs)
+    seed: int,
+    shortcut_rate: float | None,
+    out: str,
+    live: bool,
+) -> DemoRun:
+    """Train the demo model under DAVEMonitor and collect one table row per evaluation.
+
+    With ``shortcut_rate`` (None: no marker, no region) that share of the training and probe
+    images carries the corner marker, and the monitor tracks the marker's corner square in
+    every probe image as the region ``marker`` (0: the control, no marker drawn). ``live``
+    prints the legend and the table as the evaluations come.
+    """
+    if shortcut_rate is not None:
+        check_number("shortcut_rate", shortcut_rate, 0.0, 1.0)
     pl.seed_everything(seed, verbose=False)
     data = ShapesDataModule(
         train_size=settings.train_size,
         val_size=settings.val_size,
         image_size=settings.image_size,
-        shortcut=SHORTCUT_RATE if shortcut else 0.0,
+        shortcut=shortcut_rate or 0.0,
         batch_size=settings.batch_size,
         seed=seed,
     )
@@ -300,32 +390,32 @@ def run_demo(
         lr=settings.lr,
     )
     probe = data.probe(settings.num_probe)
+    tracked = shortcut_rate is not None
+    corner = data.corner_masks(settings.num_probe)
     monitor = DAVEMonitor(
         probe,
         num_probe=settings.num_probe,
-        regions={"marker": data.marker_masks(settings.num_probe)} if shortcut else None,
+        regions={REGION: corner} if tracked else None,
         mean=data.mean,
         std=data.std,
         seed=seed,
         **settings.monitor,
     )
-    table = EvaluationTable(monitor, {**COLUMNS, **(MARKER_COLUMN if shortcut else {})}, not quiet)
-    name = "shortcut" if shortcut else "shapes"
-    legend = LEGEND + (MARKER_LEGEND if shortcut else "")
-    logger = TensorBoardLogger(out, name=name, default_hp_metric=False)
-    if not quiet:
-        print(legend)
+    table = EvaluationTable(monitor, table_columns(tracked), live)
+    logger = TensorBoardLogger(out, name=run_name(shortcut_rate), default_hp_metric=False)
+    if live:
+        print(LEGEND + (MARKER_LEGEND if tracked else ""))
         print(
             f"Training a {settings.depth}-block ViT on {settings.train_size} synthetic "
             f"{settings.image_size} px shapes for {settings.epochs} epochs"
-            + (f" ({SHORTCUT_RATE:.0%} with the corner marker)" if shortcut else "")
+            + _marker_note(shortcut_rate)
             + f"; DAVEMonitor evaluates {settings.num_probe} probe images before training and "
             "after every epoch.",
             flush=True,
         )
     with quiet_lightning():
         trainer = pl.Trainer(
-            accelerator="cpu",  # the same run, and the same numbers, on any machine
+            accelerator="cpu",  # the demo needs no GPU; the timings in the docs are CPU ones
             max_epochs=settings.epochs,
             limit_train_batches=settings.limit_train_batches,
             logger=logger,
@@ -336,18 +426,67 @@ def run_demo(
             enable_model_summary=False,
         )
         trainer.fit(model, datamodule=data)
-    log_dir = Path(logger.log_dir)
-    report = log_dir / "report.png"
-    if not table.rows:
+    return DemoRun(
+        rows=table.rows,
+        log_dir=Path(logger.log_dir),
+        snapshot_dir=monitor.snapshot_dir,
+        images01=viz.denormalize(probe[0], data.mean, data.std),
+        shortcut_rate=shortcut_rate,
+        pixel_share=float(corner.float().mean()),
+        alert_ratio=monitor.settings.alert_ratio,
+        confidence=monitor.settings.evaluation.confidence,
+    )
+
+
+def _marker_note(shortcut_rate: float | None) -> str:
+    """How many training images carry the marker, for the opening line."""
+    if shortcut_rate is None:
+        return ""
+    if shortcut_rate == 0:
+        return " (the control: no marker; its corner square is tracked)"
+    return f" ({shortcut_rate:.0%} with the corner marker)"
+
+
+def run_name(shortcut_rate: float | None) -> str:
+    """The TensorBoard run name: ``shapes``, ``shortcut`` or ``control`` (rate 0)."""
+    if shortcut_rate is None:
+        return "shapes"
+    return "shortcut" if shortcut_rate > 0 else "control"
+
+
+def run_demo(
+    *,
+    epochs: int | None = None,
+    out: str = "runs/demo",
+    seed: int = 0,
+    fast: bool = False,
+    shortcut: bool = False,
+    shortcut_rate: float | None = None,
+    quiet: bool = False,
+) -> int:
+    """Train, monitor and report; returns the exit code (0).
+
+    ``shortcut`` plants the corner marker in ``SHORTCUT_RATE`` of the training and probe
+    images; ``shortcut_rate`` sets that share and implies ``shortcut`` (0: the control).
+    """
+    start = time.perf_counter()
+    settings = FAST if fast else DEFAULT
+    if epochs is not None:
+        settings = replace(settings, epochs=epochs)
+    if shortcut and shortcut_rate is None:
+        shortcut_rate = SHORTCUT_RATE
+    run = fit_demo(settings, seed=seed, shortcut_rate=shortcut_rate, out=out, live=not quiet)
+    report = run.log_dir / "report.png"
+    if not run.rows:
         print("DAVEMonitor produced no evaluations; see the warnings above.")
         return 1
-    images01 = viz.denormalize(probe[0], data.mean, data.std)
-    write_demo_report(report, table.rows, monitor.snapshot_dir, images01)
+    write_demo_report(report, run.rows, run.snapshot_dir, run.images01)
     if quiet:
-        print(legend)
-        print(table.table())
-    print("\n" + "\n".join(summary(table.rows, shortcut)))
-    print(f"\nReport: {report}\nLogs, snapshots and checkpoint: {log_dir}")
+        tracked = shortcut_rate is not None
+        print(LEGEND + (MARKER_LEGEND if tracked else ""))
+        print(format_table(run.rows, table_columns(tracked)))
+    print("\n" + "\n".join(summary(run)))
+    print(f"\nReport: {report}\nLogs, snapshots and checkpoint: {run.log_dir}")
     print(f"Finished in {time.perf_counter() - start:.0f} s. View the logs with:")
     print(f"  tensorboard --logdir {out}")
     return 0

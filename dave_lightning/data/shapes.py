@@ -71,6 +71,12 @@ class ShapesDataModule(pl.LightningDataModule):
         probe = self.dataset("probe", num_probe)
         return torch.stack([probe.marker_mask(i) for i in range(num_probe)])
 
+    def corner_masks(self, num_probe: int) -> torch.Tensor:
+        """(num_probe, H, W) bool: the marker's corner square in every probe image, whether the
+        image carries the marker or not (the region a run without the marker tracks)."""
+        region = self.dataset("probe", num_probe).marker_region
+        return region.expand(num_probe, *region.shape).clone()
+
     def setup(self, stage: str) -> None:
         if not self._splits:
             sizes = {"train": self.hparams.train_size, "val": self.hparams.val_size}

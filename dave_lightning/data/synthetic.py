@@ -126,6 +126,11 @@ class SyntheticShapes(Dataset):
             torch.from_numpy(mask),
         )
 
+    @property
+    def marker_region(self) -> torch.Tensor:
+        """Bool (H, W): the corner square where the shortcut marker sits when an item has one."""
+        return torch.from_numpy(self._marker_region.copy())
+
     def marker_mask(self, index: int) -> torch.Tensor:
         """Bool (H, W): the shortcut marker's square if item ``index`` has one, else all False."""
         return torch.from_numpy(self._generate(index)[3])
