@@ -26,6 +26,7 @@ from dave_lightning.evaluation import Evaluation, EvaluationOptions
 from dave_lightning.models.adapter import ForwardFn
 from dave_lightning.monitor import MonitorSettings, ProbeMonitor, StrategyCollective
 from dave_lightning.monitor.cost import Training
+from dave_lightning.monitor.front_door import FrontDoor
 from dave_lightning.monitor.schedule import Schedule
 from dave_lightning.probe import Probe, val_dataloader
 
@@ -34,7 +35,7 @@ _SCHEDULE = Schedule()
 _OWN = MonitorSettings()
 
 
-class DAVEMonitor(pl.Callback):
+class DAVEMonitor(FrontDoor, pl.Callback):
     """Log DAVE heatmaps and explanation-quality metrics of a fixed probe during training.
 
     Args:
@@ -136,27 +137,8 @@ class DAVEMonitor(pl.Callback):
     # -------------------------------------------------------------------------- identity
 
     @property
-    def name(self) -> str:
-        return self.monitor.name
-
-    @property
-    def settings(self) -> MonitorSettings:
-        return self.monitor.settings
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One entry per evaluation: ``epoch``, ``global_step``, ``metrics``, ``intervals``,
-        ``slow``, ``alerts``, ``seconds`` (docs/callback.md, "What gets logged")."""
-        return self.monitor.history
-
-    @property
     def probe(self) -> Probe | None:
         return self.monitor.probe
-
-    @property
-    def snapshot_dir(self) -> Path | None:
-        """This run's snapshot folder (known from ``setup`` on)."""
-        return self.monitor.snapshot_dir
 
     @property
     def state_key(self) -> str:
@@ -237,14 +219,14 @@ class DAVEMonitor(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Claim the snapshot folder: after a resumed run's state is loaded."""
-        if self.probe is not None and self.monitor._evaluator is not None:
-            self.monitor.start(_collective(trainer))
+        if self.monitor.is_set_up:
+            self.monitor.start()
 
     # -------------------------------------------------------------------------- schedule
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the training the evaluations are measured against is known from here on
-        self.monitor.announce_cost(_training(trainer), _collective(trainer))
+        self.monitor.announce_cost(_training(trainer))
         if self.settings.schedule.at_start and not self.history:
             self._evaluate(trainer, pl_module, epoch=trainer.current_epoch)
 
@@ -269,33 +251,18 @@ class DAVEMonitor(pl.Callback):
     def _evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, epoch: int, last: bool = False
     ) -> None:
-        evaluation = self.monitor.run(
-            pl_module,
-            step=trainer.global_step,
-            epoch=epoch,
-            last=last,
-            collective=_collective(trainer),
-        )
+        step = trainer.global_step
+        evaluation = self.monitor.run(pl_module, step=step, epoch=epoch, last=last)
         self._to_callback_metrics(trainer, evaluation)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        evaluation = self.monitor.finish(
-            pl_module,
-            step=trainer.global_step,
-            epoch=self._batch_epoch,
-            collective=_collective(trainer),
-        )
-        self._to_callback_metrics(trainer, evaluation)
+        step, epoch = trainer.global_step, self._batch_epoch
+        self._to_callback_metrics(trainer, self.monitor.finish(pl_module, step=step, epoch=epoch))
 
     def _close(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After every other callback's ``on_train_end``: with the weights the fit ends with."""
-        evaluation = self.monitor.close(
-            pl_module,
-            step=trainer.global_step,
-            epoch=self._batch_epoch,
-            collective=_collective(trainer),
-        )
-        self._to_callback_metrics(trainer, evaluation)
+        step, epoch = trainer.global_step, self._batch_epoch
+        self._to_callback_metrics(trainer, self.monitor.close(pl_module, step=step, epoch=epoch))
 
     def _to_callback_metrics(self, trainer: pl.Trainer, evaluation: Evaluation | None) -> None:
         """The published metrics, for checkpoint and early-stopping callbacks (every rank)."""

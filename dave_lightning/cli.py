@@ -207,17 +207,14 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "--seed", type=_natural_int, default=0, metavar="N", help="random seed (default: 0)"
     )
     demo.add_argument("--fast", action="store_true", help="smaller, quicker run (a smoke test)")
-    demo.add_argument(
-        "--shortcut",
-        action="store_true",
-        help="plant a class-coloured corner marker that the model can learn instead of the shape",
-    )
+    demo.add_argument("--shortcut", action="store_true", help="plant the shortcut marker")
     demo.add_argument(
         "--shortcut-rate",
         type=_unit_float,
         metavar="R",
-        help="share of training and probe images with the marker (default with --shortcut: "
-        "0.9); implies --shortcut; 0 is the control: the corner is tracked, no marker drawn",
+        help="share of training and probe images with the class-coloured corner marker that the "
+        "model can learn instead of the shape (default with --shortcut: 0.9); implies "
+        "--shortcut; 0 is the control: the corner is tracked, no marker drawn",
     )
     _add_output_options(demo, "runs/demo", "no progress output")
     demo.set_defaults(handler=run_demo_command)
@@ -279,6 +276,19 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help="compare only the snapshots at these global steps (default: all)",
     )
     compare.add_argument("--tensorboard", metavar="DIR", help="also write a TensorBoard run to DIR")
+    checkpoints = _add_checkpoint_mode(compare)
+    _add_evaluation_options(compare)
+    _add_model_run_options(
+        compare,
+        checkpoints,
+        "dave_compare",
+        run_compare_command,
+        "DAVEMonitor's defaults (MONITOR_ENGINE)",
+    )
+
+
+def _add_checkpoint_mode(compare: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``compare``'s checkpoints, the module that loads them and the probe they explain."""
     checkpoints = compare.add_argument_group("checkpoint mode")
     checkpoints.add_argument(
         "--checkpoints",
@@ -312,6 +322,11 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         choices=("label", "pred"),
         help="class to explain: the probe label (default) or the model's prediction",
     )
+    return checkpoints
+
+
+def _add_evaluation_options(compare: argparse.ArgumentParser) -> None:
+    """``compare``'s metrics, compared methods, sanity check and metric settings."""
     evaluation = compare.add_argument_group(
         "evaluation (checkpoint mode)",
         "options left out keep the monitor's defaults (EvaluationOptions())",
@@ -354,13 +369,6 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--deletion-baseline",
         metavar="|".join(DELETION_BASELINES),
         help="what deleted pixels become in the deletion curves",
-    )
-    _add_model_run_options(
-        compare,
-        checkpoints,
-        "dave_compare",
-        run_compare_command,
-        "DAVEMonitor's defaults (MONITOR_ENGINE)",
     )
 
 

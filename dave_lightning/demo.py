@@ -374,21 +374,7 @@ def fit_demo(
     if shortcut_rate is not None:
         check_number("shortcut_rate", shortcut_rate, 0.0, 1.0)
     pl.seed_everything(seed, verbose=False)
-    data = ShapesDataModule(
-        train_size=settings.train_size,
-        val_size=settings.val_size,
-        image_size=settings.image_size,
-        shortcut=shortcut_rate or 0.0,
-        batch_size=settings.batch_size,
-        seed=seed,
-    )
-    model = ShapesClassifier(
-        image_size=settings.image_size,
-        embed_dim=settings.embed_dim,
-        depth=settings.depth,
-        num_heads=settings.num_heads,
-        lr=settings.lr,
-    )
+    data, model = _data_and_model(settings, seed, shortcut_rate)
     probe = data.probe(settings.num_probe)
     tracked = shortcut_rate is not None
     corner = data.corner_masks(settings.num_probe)
@@ -405,14 +391,7 @@ def fit_demo(
     logger = TensorBoardLogger(out, name=run_name(shortcut_rate), default_hp_metric=False)
     if live:
         print(LEGEND + (MARKER_LEGEND if tracked else ""))
-        print(
-            f"Training a {settings.depth}-block ViT on {settings.train_size} synthetic "
-            f"{settings.image_size} px shapes for {settings.epochs} epochs"
-            + _marker_note(shortcut_rate)
-            + f"; DAVEMonitor evaluates {settings.num_probe} probe images before training and "
-            "after every epoch.",
-            flush=True,
-        )
+        print(_training_line(settings, shortcut_rate), flush=True)
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="cpu",  # the demo needs no GPU; the timings in the docs are CPU ones
@@ -435,6 +414,39 @@ def fit_demo(
         pixel_share=float(corner.float().mean()),
         alert_ratio=monitor.settings.alert_ratio,
         confidence=monitor.settings.evaluation.confidence,
+    )
+
+
+def _data_and_model(
+    settings: DemoSettings, seed: int, shortcut_rate: float | None
+) -> tuple[ShapesDataModule, ShapesClassifier]:
+    """The demo's synthetic shapes (with the marker at ``shortcut_rate``) and its ViT."""
+    data = ShapesDataModule(
+        train_size=settings.train_size,
+        val_size=settings.val_size,
+        image_size=settings.image_size,
+        shortcut=shortcut_rate or 0.0,
+        batch_size=settings.batch_size,
+        seed=seed,
+    )
+    model = ShapesClassifier(
+        image_size=settings.image_size,
+        embed_dim=settings.embed_dim,
+        depth=settings.depth,
+        num_heads=settings.num_heads,
+        lr=settings.lr,
+    )
+    return data, model
+
+
+def _training_line(settings: DemoSettings, shortcut_rate: float | None) -> str:
+    """What the demo trains and when the monitor evaluates, said before training."""
+    return (
+        f"Training a {settings.depth}-block ViT on {settings.train_size} synthetic "
+        f"{settings.image_size} px shapes for {settings.epochs} epochs"
+        + _marker_note(shortcut_rate)
+        + f"; DAVEMonitor evaluates {settings.num_probe} probe images before training and "
+        "after every epoch."
     )
 
 

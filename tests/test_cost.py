@@ -24,6 +24,7 @@ from dave_lightning import DAVEMonitor
 from dave_lightning.attribution.aggregation import RESERVOIR_SAMPLES, lower_median
 from dave_lightning.metrics.registry import Passes
 from dave_lightning.monitor import ProbeMonitor
+from dave_lightning.monitor.collective import SingleProcess
 from dave_lightning.monitor.cost import NO_GRAD_WEIGHT, CostEstimate, Training, fit_evaluations
 from dave_lightning.monitor.schedule import Schedule
 
@@ -125,9 +126,9 @@ def test_under_ddp_each_process_counts_its_share() -> None:
     model = CountingViT()
     monitor = ProbeMonitor((images, labels, masks), n_samples=3, deletion_steps=3)
     monitor.setup(model, writes=False, collective=FirstOfTwo())
-    estimate = monitor.announce_cost(collective=FirstOfTwo())
+    estimate = monitor.announce_cost()
     Tally.grad = Tally.no_grad = 0
-    monitor.evaluate(model, step=0, slow=True, collective=FirstOfTwo())
+    monitor.evaluate(model, step=0, slow=True)
     assert (Tally.grad, Tally.no_grad) == (estimate.slow.grad, estimate.slow.no_grad)
     # 4 images: predictions 4, DAVE 12 + input × gradient 4, the same again for stability,
     # the grid 2 × 3 + 2, deletion and insertion (3 + 2) × 3 steps × 4 images each
@@ -306,16 +307,13 @@ def test_max_overhead_skips_evaluations_to_stay_within_it(tmp_path: Path) -> Non
     assert unbounded.history[-1]["metrics"]["time_share_cumulative"] > 0.1 + one_evaluation
 
 
-class Rank0Says:
-    """A rank whose broadcasts bring rank 0's ``decision``."""
+class Rank0Says(SingleProcess):
+    """A process whose broadcast of a decision brings rank 0's ``decision`` when one is set."""
 
-    rank, world_size = 1, 2
-
-    def __init__(self, decision: bool) -> None:
-        self.decision = decision
+    decision: bool | None = None
 
     def broadcast(self, value: object) -> object:
-        return self.decision
+        return self.decision if isinstance(value, bool) and self.decision is not None else value
 
 
 def test_every_rank_takes_rank_zeros_budget_decision() -> None:
@@ -323,10 +321,14 @@ def test_every_rank_takes_rank_zeros_budget_decision() -> None:
     whole training time); rank 0 says skip, and it is skipped here too, and counted."""
     monitor = ProbeMonitor(random_data(4), metrics=("gini",), n_samples=2, max_overhead=1.0)
     model = timm_vit()
-    monitor.setup(model, writes=False)
+    collective = Rank0Says()
+    monitor.setup(model, writes=False, collective=collective)
     assert monitor.run(model, step=0, epoch=0) is not None
     time.sleep(1.0)
-    assert monitor.run(model, step=1, epoch=0, collective=Rank0Says(False)) is None
+    collective.decision = False
+    with pytest.warns(UserWarning, match="skipped the evaluation at step 1"):
+        assert monitor.run(model, step=1, epoch=0) is None
+    collective.decision = None
     evaluation = monitor.run(model, step=2, epoch=0)
     assert evaluation.metrics["skipped"] == 1
     assert math.isfinite(evaluation.metrics["time_share"])

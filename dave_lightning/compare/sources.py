@@ -309,8 +309,7 @@ def _evaluator(
         plan = evaluator.plan(model)
     except ValueError as error:
         raise UsageError(
-            f"{error}; with a `probe` folder pass its `masks`, or leave the metric out of "
-            "`metrics`"
+            f"{error}; with a `probe` folder pass its `masks`, or leave the metric out of `metrics`"
         ) from error
     if plan.left_out:
         reasons = "; ".join(f"{name} needs {needs[0]}" for name, needs in plan.left_out.items())

@@ -18,9 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dave_lightning.monitor import MonitorSettings, ProbeMonitor, StrategyCollective
+from dave_lightning.monitor.front_door import FrontDoor, check_probe_source
 
 
-class FabricMonitor:
+class FabricMonitor(FrontDoor):
     """Evaluate DAVE on a fixed probe while a Fabric loop trains, through ``fabric.call``.
 
     Register it with ``Fabric(callbacks=[monitor], loggers=[...])`` and call, on every rank::
@@ -43,63 +44,35 @@ class FabricMonitor:
     """
 
     def __init__(self, probe: tuple | Dataset | DataLoader, **options: Any) -> None:
-        if not isinstance(probe, (tuple, Dataset, DataLoader)):
-            raise TypeError(
-                "probe must be (images, labels[, masks]), a Dataset or a DataLoader; got "
-                f"{type(probe).__name__}"
-            )
+        check_probe_source(probe)
         self.monitor = ProbeMonitor(probe, settings=MonitorSettings.from_options(**options))
-
-    @property
-    def name(self) -> str:
-        return self.monitor.name
-
-    @property
-    def settings(self) -> MonitorSettings:
-        return self.monitor.settings
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One entry per evaluation, as ``DAVEMonitor.history`` (docs/callback.md)."""
-        return self.monitor.history
-
-    @property
-    def snapshot_dir(self) -> Path | None:
-        """This run's snapshot folder (known from ``on_train_start`` on)."""
-        return self.monitor.snapshot_dir
 
     def on_train_start(self, fabric: Fabric, model: nn.Module) -> None:
         """Check the probe against the model and claim the snapshot folder (``snapshot_dir``,
         else ``<first logger's log_dir>/<name>``, else ``./<name>/version_<n>``); with
         ``at_start``, evaluate the untrained model at step 0."""
-        collective = _collective(fabric)
         self.monitor.setup(
-            _unwrapped(model), *fabric.loggers, root=Path.cwd(), collective=collective
+            _unwrapped(model), *fabric.loggers, root=Path.cwd(), collective=_collective(fabric)
         )
         if self.settings.schedule.at_start:
-            self.monitor.run(_unwrapped(model), step=0, epoch=0, collective=collective)
+            self.monitor.run(_unwrapped(model), step=0, epoch=0)
 
     def on_train_batch_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
         """After optimizer step ``step``: evaluate every ``every_n_train_steps`` steps."""
         if self.monitor.due(step):
-            self.monitor.run(
-                _unwrapped(model), step=step, epoch=epoch, collective=_collective(fabric)
-            )
+            self.monitor.run(_unwrapped(model), step=step, epoch=epoch)
 
     def on_train_epoch_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
         """After the last batch of (0-based) ``epoch``: evaluate every ``every_n_epochs``."""
         if self.monitor.due(step, epoch_end=epoch):
-            self.monitor.run(
-                _unwrapped(model), step=step, epoch=epoch, collective=_collective(fabric)
-            )
+            self.monitor.run(_unwrapped(model), step=step, epoch=epoch)
 
     def on_train_end(self, fabric: Fabric, model: nn.Module, step: int, epoch: int) -> None:
         """With ``at_end``: the last evaluation (or the slow metrics added to one that ran at
         ``step``), redone if the weights changed since, then the progression pictures; then
         the loggers are flushed, since Fabric does not finalise them."""
-        collective = _collective(fabric)
-        self.monitor.finish(_unwrapped(model), step=step, epoch=epoch, collective=collective)
-        self.monitor.close(_unwrapped(model), step=step, epoch=epoch, collective=collective)
+        self.monitor.finish(_unwrapped(model), step=step, epoch=epoch)
+        self.monitor.close(_unwrapped(model), step=step, epoch=epoch)
         if fabric.global_rank == 0:
             self.monitor.flush()
 

@@ -29,9 +29,17 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.monitor import MonitorSettings, ProbeMonitor, default_collective
+from dave_lightning.monitor.front_door import FrontDoor, check_probe_source
+
+# The arguments of every Trainer event: the Trainer's arguments, state and control.
+Arguments, State, Control = (
+    transformers.TrainingArguments,
+    transformers.TrainerState,
+    transformers.TrainerControl,
+)
 
 
-class DAVETrainerCallback(transformers.TrainerCallback):
+class DAVETrainerCallback(FrontDoor, transformers.TrainerCallback):
     """Log DAVE heatmaps and explanation-quality metrics of a fixed probe during ``Trainer.train``.
 
     The schedule: before training (``at_start``, step 0), every ``every_n_train_steps``
@@ -52,11 +60,7 @@ class DAVETrainerCallback(transformers.TrainerCallback):
     """
 
     def __init__(self, probe: tuple | Dataset | DataLoader, **options: Any) -> None:
-        if not isinstance(probe, (tuple, Dataset, DataLoader)):
-            raise TypeError(
-                "probe must be (images, labels[, masks]), a Dataset (e.g. the Trainer's "
-                f"eval_dataset) or a DataLoader; got {type(probe).__name__}"
-            )
+        check_probe_source(probe, "a Dataset (e.g. the Trainer's eval_dataset)")
         settings = MonitorSettings.from_options(**options)
         self._dataset = probe if isinstance(probe, Dataset) else None
         self.monitor = ProbeMonitor(None if self._dataset is not None else probe, settings=settings)
@@ -64,31 +68,13 @@ class DAVETrainerCallback(transformers.TrainerCallback):
         self._entry: dict[str, Any] | None = None  # the last log_history entry of the monitor
         self._writer: SummaryWriter | None = None
 
-    @property
-    def name(self) -> str:
-        return self.monitor.name
-
-    @property
-    def settings(self) -> MonitorSettings:
-        return self.monitor.settings
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One entry per evaluation, as ``DAVEMonitor.history`` (docs/callback.md)."""
-        return self.monitor.history
-
-    @property
-    def snapshot_dir(self) -> Path | None:
-        """This run's snapshot folder (known once training starts)."""
-        return self.monitor.snapshot_dir
-
     # ---------------------------------------------------------------------------- events
 
     def on_train_begin(
         self,
-        args: transformers.TrainingArguments,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
+        args: Arguments,
+        state: State,
+        control: Control,
         model: nn.Module | None = None,
         train_dataloader: DataLoader | None = None,
         **kwargs: Any,
@@ -112,33 +98,19 @@ class DAVETrainerCallback(transformers.TrainerCallback):
         if self.settings.schedule.at_start and not self.history:
             self._evaluate(state, control, model)
 
-    def on_step_end(
-        self,
-        args: transformers.TrainingArguments,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
-        model: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_step_end(self, args: Arguments, state: State, control: Control, **kwargs: Any) -> None:
         if self.monitor.due(state.global_step):
-            self._evaluate(state, control, model)
+            self._evaluate(state, control, kwargs.get("model"))
 
-    def on_epoch_end(
-        self,
-        args: transformers.TrainingArguments,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
-        model: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_epoch_end(self, args: Arguments, state: State, control: Control, **kwargs: Any) -> None:
         if self.monitor.due(state.global_step, epoch_end=_epoch(state)):
-            self._evaluate(state, control, model)
+            self._evaluate(state, control, kwargs.get("model"))
 
     def on_evaluate(
         self,
-        args: transformers.TrainingArguments,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
+        args: Arguments,
+        state: State,
+        control: Control,
         metrics: dict[str, float] | None = None,
         model: nn.Module | None = None,
         **kwargs: Any,
@@ -152,48 +124,25 @@ class DAVETrainerCallback(transformers.TrainerCallback):
         if metrics is not None:
             metrics.update({f"eval_{tag}": value for tag, value in self._latest.items()})
 
-    def on_train_end(
-        self,
-        args: transformers.TrainingArguments,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
-        model: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def on_train_end(self, args: Arguments, state: State, control: Control, **kwargs: Any) -> None:
         """With ``at_end``: the last evaluation (or the slow metrics added to one that ran at
         this step), redone when the weights changed since (``load_best_model_at_end`` loads the
         best checkpoint before this event), then the progression pictures."""
-        collective = default_collective()
-        step, epoch = state.global_step, _epoch(state)
-        self._record(
-            state, self.monitor.finish(model, step=step, epoch=epoch, collective=collective)
-        )
-        self._record(
-            state, self.monitor.close(model, step=step, epoch=epoch, collective=collective)
-        )
+        model, step, epoch = kwargs.get("model"), state.global_step, _epoch(state)
+        self._record(state, self.monitor.finish(model, step=step, epoch=epoch))
+        self._record(state, self.monitor.close(model, step=step, epoch=epoch))
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
     # ----------------------------------------------------------------------------- parts
 
-    def _evaluate(
-        self,
-        state: transformers.TrainerState,
-        control: transformers.TrainerControl,
-        model: nn.Module | None,
-    ) -> None:
+    def _evaluate(self, state: State, control: Control, model: nn.Module | None) -> None:
         last = state.global_step >= state.max_steps > 0 or control.should_training_stop
-        evaluation = self.monitor.run(
-            model,
-            step=state.global_step,
-            epoch=_epoch(state),
-            last=last,
-            collective=default_collective(),
-        )
+        evaluation = self.monitor.run(model, step=state.global_step, epoch=_epoch(state), last=last)
         self._record(state, evaluation)
 
-    def _record(self, state: transformers.TrainerState, evaluation: Evaluation | None) -> None:
+    def _record(self, state: State, evaluation: Evaluation | None) -> None:
         """A published evaluation's scalars into ``state.log_history`` (an evaluation redone or
         completed at the step of the last one updates its entry) and into ``_latest``."""
         if evaluation is None:
@@ -210,7 +159,7 @@ class DAVETrainerCallback(transformers.TrainerCallback):
         self._entry["step"] = step
         state.log_history.append(self._entry)
 
-    def _open_destinations(self, args: transformers.TrainingArguments) -> list[Any]:
+    def _open_destinations(self, args: Arguments) -> list[Any]:
         """Where pictures and scalars go: the ``report_to`` integrations that show them."""
         report_to = list(args.report_to or ())
         destinations: list[Any] = []
@@ -263,6 +212,6 @@ def tensorboard_dir(output_dir: str | Path, name: str) -> Path:
     return Path(output_dir) / "runs" / f"{stamp}_{socket.gethostname()}_{name}"
 
 
-def _epoch(state: transformers.TrainerState) -> int:
+def _epoch(state: State) -> int:
     """The 0-based epoch the Trainer is in (``state.epoch`` counts epochs as a float)."""
     return max(math.ceil(state.epoch or 0) - 1, 0)

@@ -10,7 +10,6 @@ behind; with ``on_error="warn"`` it is one warning and training goes on.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -23,11 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dave_lightning import panels, viz
+from dave_lightning import viz
 from dave_lightning.evaluation import Evaluation, MetricPlan, ProbeEvaluator
 from dave_lightning.metrics.registry import METRICS, NEEDS, Passes
 from dave_lightning.models import ModelAdapter
 from dave_lightning.models.encoding import resolve_encoding
+from dave_lightning.monitor.alarms import alarm_message, pixel_shares, with_alerts
 from dave_lightning.monitor.collective import SINGLE_PROCESS, Collective, run_sharded
 from dave_lightning.monitor.cost import (
     Clock,
@@ -40,15 +40,16 @@ from dave_lightning.monitor.folder import (
     FolderError,
     RunFolder,
     check_writable,
+    default_folder,
     free_folder,
     holds_another_run,
     new_run_id,
 )
+from dave_lightning.monitor.publish import Publisher, chart_layout
 from dave_lightning.monitor.settings import MonitorSettings
 from dave_lightning.monitor.state import STATE_VERSION, change_from, settings_id
 from dave_lightning.probe import Probe, build_probe, check_probe_for_model
-from dave_lightning.sinks import Destinations, destinations
-from dave_lightning.snapshot import list_snapshots, load_evaluation, snapshot_path
+from dave_lightning.sinks.base import Charts, Margins
 
 ProbeSource = tuple | Dataset | DataLoader | Probe
 #: The time shares in an evaluation's metrics (monitor/cost.py's Clock).
@@ -84,18 +85,14 @@ class ProbeMonitor:
         self._adapter: ModelAdapter | None = None
         self._evaluator: ProbeEvaluator | None = None
         self._plan: MetricPlan | None = None
-        self._images01: torch.Tensor | None = None
         self._normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._objects: tuple[Any, ...] = ()
-        self._destinations = Destinations()
+        self._collective: Collective = SINGLE_PROCESS
+        self._publisher = Publisher(self.name, self._warn_once)
         self._writes = True
         self._candidate: Path | None = None
-        self._folder: RunFolder | None = None
         self._run_id = new_run_id()
         self._resumed_folder: Path | None = None
-        self._images_due = True  # the next snapshot carries the probe images
-        self._images_step: int | None = None  # the step whose snapshot carries them
-        self._layout_logged = False
         self._last: Evaluation | None = None
         self._first_maps: torch.Tensor | None = None
         self._last_step: int | None = None
@@ -118,7 +115,13 @@ class ProbeMonitor:
     @property
     def snapshot_dir(self) -> Path | None:
         """The run's snapshot folder (once claimed), else where it will be."""
-        return self._folder.path if self._folder is not None else self._candidate
+        folder = self._publisher.folder
+        return folder.path if folder is not None else self._candidate
+
+    @property
+    def is_set_up(self) -> bool:
+        """Whether :meth:`setup` built the evaluations (a probe checked against the model)."""
+        return self._evaluator is not None
 
     @property
     def last_step(self) -> int | None:
@@ -172,7 +175,8 @@ class ProbeMonitor:
                 where scalars and pictures go.
             probe: the probe, when the monitor was made without one.
             root: where the snapshot folder goes when no destination has a run directory.
-            collective: the run's processes (rank 0 writes and publishes).
+            collective: the run's processes (rank 0 writes and publishes), for every later
+                call.
             writes: ``False`` writes no snapshots or PNG files (a ``fast_dev_run``).
             resuming: the run resumes from a checkpoint (its state comes before :meth:`start`).
             start: claim the snapshot folder now; a front door whose run restores the
@@ -200,21 +204,22 @@ class ProbeMonitor:
         if plan.left_out:
             self._warn_once("left out", _left_out_message(self.name, plan.left_out))
         self._adapter, self._evaluator, self._plan = adapter, evaluator, plan
+        self._collective = collective
         self._passes = tuple(
             evaluation_passes(evaluator, plan, adapter, slow=slow, world_size=collective.world_size)
             for slow in (False, True)
         )
-        self._pixel_shares = _pixel_shares(self.probe)
+        self._pixel_shares = pixel_shares(self.probe)
         self._normalization = adapter.normalization(settings.mean, settings.std)
-        self._images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
+        images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)
+        self._publisher.prepare(self.probe.images, images01, settings.max_images)
         self._objects, self._writes = destinations_, writes
         default = default_folder(self.name, destinations_, root) if folder is None else folder
         self._candidate = settings.snapshot_dir or Path(default)
         if writes and collective.rank == 0:
             self._check_folder(resuming)
-        self._layout_logged = False
         if start:
-            self.start(collective)
+            self.start()
 
     def _check_folder(self, resuming: bool) -> None:
         """The snapshot folder can be written, and an explicit one holds no other run."""
@@ -228,38 +233,25 @@ class ProbeMonitor:
                 "mixed"
             )
 
-    def start(self, collective: Collective = SINGLE_PROCESS) -> None:
+    def start(self) -> None:
         """Claim the run's snapshot folder (rank 0) and open the destinations: after a resumed
         run's state is loaded, before the first evaluation."""
+        publisher, collective = self._publisher, self._collective
         if self._writes and collective.rank == 0:
-            self._folder = RunFolder(
+            publisher.folder = RunFolder(
                 self._run_folder(), self._run_id, self.name, self.probe.digest()
             )
-            self._folder.claim()
-        path = None if self._folder is None else str(self._folder.path)
-        path = collective.broadcast(path)
-        if path is not None and self._folder is None:
+            publisher.folder.claim()
+        path = collective.broadcast(None if publisher.folder is None else str(self.snapshot_dir))
+        if path is not None and publisher.folder is None:
             self._candidate = Path(path)
         images = self.settings.log_images and self._writes
-        self._destinations = destinations(self._objects, self.snapshot_dir / "png", images=images)
-        if self._destinations.as_png:
-            self._warn_once(
-                "png",
-                f"DAVEMonitor {self.name!r}: {', '.join(self._destinations.as_png)} cannot show "
-                "images; the heatmaps go to PNG files in its log directory (images/step_*/). "
-                "Scalars reach every logger.",
-            )
+        publisher.open(self._objects, self.snapshot_dir / "png", images=images)
         if collective.rank == 0:
-            for logger in self._destinations.loggers:
-                if hasattr(logger, "log_hyperparams"):
-                    # Fabric's CSVLogger declares the method and raises NotImplementedError
-                    with contextlib.suppress(NotImplementedError):
-                        logger.log_hyperparams(self.hyperparameters())
+            publisher.log_hyperparameters(self.hyperparameters())
         self._clock = Clock(self.settings.max_overhead)
 
-    def announce_cost(
-        self, training: Training | None = None, collective: Collective = SINGLE_PROCESS
-    ) -> CostEstimate:
+    def announce_cost(self, training: Training | None = None) -> CostEstimate:
         """The cost estimate of this fit's evaluations against its ``training`` (None: not
         known), said in one line and sent to the loggers as ``<name>/cost/...``
         hyper-parameters, on rank 0; call it once per fit, after :meth:`start`."""
@@ -269,12 +261,9 @@ class ProbeMonitor:
         )
         adaptive = self.settings.engine.target_reliability is not None
         self.cost = CostEstimate(fast, slow, adaptive, training, evaluations)
-        if collective.rank == 0:
+        if self._collective.rank == 0:
             print(self.cost.line(self.name), flush=True)
-            for logger in self._destinations.loggers:
-                if hasattr(logger, "log_hyperparams"):
-                    with contextlib.suppress(NotImplementedError):
-                        logger.log_hyperparams(self.cost.hyperparameters(self.name))
+            self._publisher.log_hyperparameters(self.cost.hyperparameters(self.name))
         return self.cost
 
     def _run_folder(self) -> Path:
@@ -370,28 +359,25 @@ class ProbeMonitor:
         step: int,
         epoch: int | None,
         last: bool = False,
-        collective: Collective = SINGLE_PROCESS,
     ) -> Evaluation | None:
         """One scheduled evaluation, computed, written and published; None when it failed
         (with a warning; ``on_error="raise"`` raises instead) or skipped by the overhead
         budget. Its metrics carry its time shares (``time_share``, ``time_share_cumulative``)
         and, with ``max_overhead``, the evaluations ``skipped`` so far in this fit."""
         slow = self.settings.schedule.slow(len(self.history), last)
-        if not self._within_budget(step, slow, last, collective):
+        if not self._within_budget(step, slow, last):
             return None
         self._attempted_step = step
         return self._guarded(
             step,
-            lambda: self._evaluate_and_publish(
-                step, epoch, slow, collective, model, last=last, timed=True
-            ),
+            lambda: self._evaluate_and_publish(step, epoch, slow, model, last=last, timed=True),
         )
 
-    def _within_budget(self, step: int, slow: bool, last: bool, collective: Collective) -> bool:
+    def _within_budget(self, step: int, slow: bool, last: bool) -> bool:
         """The overhead budget (``max_overhead``): an evaluation whose predicted time would take
         the monitor's over that share of the training time is skipped, never the first of a fit
         (nothing predicts it) or the last; rank 0's decision holds on every rank."""
-        clock = self._clock
+        clock, collective = self._clock, self._collective
         if clock.max_overhead is None or last:
             return True
         if collective.broadcast(clock.within_budget(slow)):
@@ -416,7 +402,6 @@ class ProbeMonitor:
         step: int,
         epoch: int | None = None,
         slow: bool = True,
-        collective: Collective = SINGLE_PROCESS,
     ) -> Evaluation:
         """Compute one evaluation of ``model`` (each rank its share of the probe); nothing is
         written or published until :meth:`publish`."""
@@ -437,7 +422,7 @@ class ProbeMonitor:
                 )
 
         grid = 0 if evaluator.grid is None else len(evaluator.grid.targets)
-        results = run_sharded(collective, shard_run, len(self.probe), grid)
+        results = run_sharded(self._collective, shard_run, len(self.probe), grid)
         evaluation = evaluator.finish(
             results,
             slow=slow,
@@ -455,29 +440,19 @@ class ProbeMonitor:
         return self._with_alerts(evaluation)
 
     def _with_alerts(self, evaluation: Evaluation) -> Evaluation:
-        """The region alarms: raised when the lower bound of a region's attribution share
-        exceeds ``alert_ratio`` × its share of the pixels (docs/reading.md, "The region
-        alarm"); ``alert/<region>`` is 1 when raised, 0 when not."""
-        alerts = {}
+        """The region alarms (monitor/alarms.py), each said once when first raised."""
         ratio = self.settings.alert_ratio
-        for region, pixels in self._pixel_shares.items():
-            interval = evaluation.intervals.get(f"region_{region}")
-            alerts[region] = interval is not None and interval[0] > ratio * pixels
-            if alerts[region]:
-                share = evaluation.metrics[f"region_{region}"]
+        evaluation = with_alerts(evaluation, self._pixel_shares, ratio)
+        for region, raised in evaluation.alerts.items():
+            if raised:
+                pixels, confidence = self._pixel_shares[region], self._confidence_label()
                 self._warn_once(
                     f"alert {region}",
-                    f"DAVEMonitor {self.name!r}: region alarm {region!r} at step "
-                    f"{evaluation.global_step}: DAVE puts {share:.3f} of its attribution there "
-                    f"({self._confidence_label()} interval {interval[0]:.3f}–{interval[1]:.3f}), "
-                    f"more than {ratio:g} × the region's {pixels:.3f} share of the pixels",
+                    alarm_message(self.name, evaluation, region, pixels, ratio, confidence),
                 )
-        metrics = {**evaluation.metrics, **{f"alert/{r}": float(a) for r, a in alerts.items()}}
-        return replace(evaluation, alerts=alerts, metrics=metrics)
+        return evaluation
 
-    def publish(
-        self, evaluation: Evaluation, collective: Collective = SINGLE_PROCESS
-    ) -> Evaluation:
+    def publish(self, evaluation: Evaluation) -> Evaluation:
         """Write the evaluation's snapshot, send its pictures and scalars (rank 0), then record
         it (every rank): all or nothing. An evaluation at the step of the last one replaces it.
         Returns the evaluation as recorded.
@@ -487,9 +462,9 @@ class ProbeMonitor:
                 evaluation is then left behind.
         """
         same_step = self._last is not None and evaluation.global_step == self._last_step
-        return self._publish(evaluation, collective, "replace" if same_step else "new")
+        return self._publish(evaluation, "replace" if same_step else "new")
 
-    def _publish(self, evaluation: Evaluation, collective: Collective, mode: str) -> Evaluation:
+    def _publish(self, evaluation: Evaluation, mode: str) -> Evaluation:
         """:meth:`publish` with ``mode``: ``new`` (a new step), ``replace`` (the last step's
         evaluation, redone) or ``complete`` (the last step's slow metrics, added to it)."""
         logged = set()
@@ -501,65 +476,15 @@ class ProbeMonitor:
             for tag, value in self.finite_scalars(evaluation).items()
             if tag.removeprefix(f"{self.name}/") not in logged
         }
-        error = None
+        error, collective = None, self._collective
         if collective.rank == 0:
-            error = self._write_and_send(evaluation, scalars, pictures=mode != "complete")
+            error = self._publisher.write_and_send(
+                evaluation, scalars, lambda: self._charts(evaluation), pictures=mode != "complete"
+            )
         if collective.any(error is not None):
             raise error or RuntimeError("publishing the evaluation failed on rank 0")
         self._record(evaluation, replace_last=mode != "new")
         return evaluation
-
-    def _write_and_send(
-        self, evaluation: Evaluation, scalars: dict[str, float], *, pictures: bool
-    ) -> Exception | None:
-        """Draw, write, send; on failure restore every file as it was and return the error."""
-        step = evaluation.global_step
-        sinks = self._destinations.sinks
-        path, before, images = None, None, None
-        try:
-            drawn = panels.Pictures()
-            if sinks:
-                count = self.settings.max_images if pictures else 0
-                drawn = panels.evaluation_pictures(
-                    self.name, evaluation, self._images01, step, count
-                )
-                if not pictures:
-                    drawn.images.clear()
-            if self._folder is not None:
-                recreated = self._folder.check()
-                if recreated:
-                    self._warn_once(
-                        "recreated",
-                        f"DAVEMonitor {self.name!r}: the snapshot folder {self._folder.path} was "
-                        "deleted during the run; it was made again, and its earlier snapshots "
-                        "are gone",
-                    )
-                carries = self._images_due or recreated or step == self._images_step
-                images = self.probe.images if carries else None
-                path = snapshot_path(self._folder.path, step)
-                before = path.read_bytes() if path.is_file() else None
-                self._folder.write(evaluation, images)
-            drawn.send(sinks, step)
-            if not self._layout_logged and sinks:
-                charts, margins = self._charts(evaluation)
-                for sink in sinks:
-                    sink.log_layout(f"DAVE ({self.name})", charts, margins)
-                self._layout_logged = True
-            for logger in self._destinations.loggers:
-                logger.log_metrics(scalars, step=step)
-        except Exception as raised:
-            for sink in sinks:
-                sink.discard(step)
-            if path is not None:
-                with contextlib.suppress(OSError):
-                    if before is None:
-                        path.unlink(missing_ok=True)
-                    else:
-                        path.write_bytes(before)
-            return raised
-        if images is not None:
-            self._images_due, self._images_step = False, step
-        return None
 
     def _record(self, evaluation: Evaluation, *, replace_last: bool) -> None:
         """Remember an evaluation that was published: history, drift references."""
@@ -581,36 +506,17 @@ class ProbeMonitor:
         self._last = evaluation
         self._last_step = evaluation.global_step
 
-    def _charts(
-        self, evaluation: Evaluation
-    ) -> tuple[dict[str, list[str]], dict[str, tuple[str, str, str]]]:
-        """One chart per metric key (DAVE's value and each compared method's) and one margin
-        chart per metric with an interval (its value within its bounds), as tags."""
+    def _charts(self, evaluation: Evaluation) -> tuple[Charts, Margins]:
+        """The chart layout of every key this monitor logs (monitor/publish.py)."""
         keys = list(dict.fromkeys([*self._evaluator.metric_keys(self._plan), *evaluation.metrics]))
         methods = self.settings.evaluation.compare_methods
-        charts, margins = {}, {}
-        for key in sorted(k for k in keys if "/" not in k):
-            tags = [f"{self.name}/{m}/{key}" for m in methods if f"{m}/{key}" in keys]
-            charts[key] = [f"{self.name}/{key}", *tags]
-        for key in sorted(k for k in keys if not k.startswith(("alert/", "time_share", "skipped"))):
-            tag = f"{self.name}/{key}"
-            margins[f"{key} ({self._confidence_label()} interval)"] = (
-                tag,
-                f"{tag}/low",
-                f"{tag}/high",
-            )
-        return charts, margins
+        return chart_layout(self.name, keys, methods, self._confidence_label())
 
     def _confidence_label(self) -> str:
         return f"{self.settings.evaluation.confidence:.0%}"
 
     def finish(
-        self,
-        model: nn.Module | None = None,
-        *,
-        step: int,
-        epoch: int | None,
-        collective: Collective = SINGLE_PROCESS,
+        self, model: nn.Module | None = None, *, step: int, epoch: int | None
     ) -> Evaluation | None:
         """The end of a fit: its last evaluation (with ``at_end``), or the slow metrics added
         to an evaluation that ran at this step without knowing it was the last."""
@@ -619,23 +525,15 @@ class ProbeMonitor:
         if step != self._last_step:
             if step == self._attempted_step:
                 return None  # it failed at this step already
-            return self.run(model, step=step, epoch=epoch, last=True, collective=collective)
+            return self.run(model, step=step, epoch=epoch, last=True)
         if self._last.slow:
             return None
         return self._guarded(
-            step,
-            lambda: self._evaluate_and_publish(
-                step, epoch, True, collective, model, mode="complete"
-            ),
+            step, lambda: self._evaluate_and_publish(step, epoch, True, model, mode="complete")
         )
 
     def close(
-        self,
-        model: nn.Module | None = None,
-        *,
-        step: int,
-        epoch: int | None,
-        collective: Collective = SINGLE_PROCESS,
+        self, model: nn.Module | None = None, *, step: int, epoch: int | None
     ) -> Evaluation | None:
         """After the fit, with the weights it ends with: the last evaluation redone when they
         changed since it ran (e.g. averaged weights swapped in), then each probe image's maps
@@ -643,43 +541,29 @@ class ProbeMonitor:
         if not self.settings.schedule.at_end or self._evaluator is None:
             return None
         evaluation = None
-        if self._last_step == step and self._weights_changed(collective):
+        if self._last_step == step and self._weights_changed():
             evaluation = self._guarded(
-                step, lambda: self._evaluate_and_publish(step, epoch, True, collective, model)
+                step, lambda: self._evaluate_and_publish(step, epoch, True, model)
             )
-        if self.history and collective.rank == 0 and self._destinations.sinks:
-            self._guarded(step, lambda: self._publish_progression(step))
+        publisher = self._publisher
+        if self.history and self._collective.rank == 0 and publisher.destinations.sinks:
+            digest = self.probe.digest()
+            self._guarded(step, lambda: publisher.send_progression(step, digest))
         return evaluation
 
     def flush(self) -> None:
         """Make what was published visible now, for runs that never finalise their loggers (a
         Fabric loop): every picture sink flushes (a TensorBoard writer, its scalars included)
         and every logger saves (a CSV logger writes its file)."""
-        for sink in self._destinations.sinks:
-            sink.flush()
-        for logger in self._destinations.loggers:
-            if hasattr(logger, "save"):
-                logger.save()
+        self._publisher.flush()
 
-    def _weights_changed(self, collective: Collective) -> bool:
+    def _weights_changed(self) -> bool:
         """Whether the weights differ from those of the last evaluation of the fit (on any
         rank), e.g. after a callback swapped averaged weights in."""
         changed = self._fingerprint is not None and not torch.equal(
             self._fingerprint, _fingerprint(self._adapter.model)
         )
-        return collective.any(changed)
-
-    def _publish_progression(self, step: int) -> None:
-        digest = self.probe.digest()
-        columns = []
-        for path in list_snapshots(self.snapshot_dir):
-            evaluation = load_evaluation(path)
-            if evaluation.settings.get("probe_sha256") == digest:
-                columns.append((f"step {evaluation.global_step}", evaluation.maps["dave"]))
-        pictures = panels.progression_pictures(
-            self.name, columns, self._images01, self.settings.max_images
-        )
-        pictures.send(self._destinations.sinks, step)
+        return self._collective.any(changed)
 
     # ---------------------------------------------------------------------------- parts
 
@@ -688,7 +572,6 @@ class ProbeMonitor:
         step: int,
         epoch: int | None,
         slow: bool,
-        collective: Collective,
         model: nn.Module | None,
         *,
         last: bool = True,
@@ -697,15 +580,13 @@ class ProbeMonitor:
     ) -> Evaluation:
         started = time.perf_counter()
         try:
-            evaluation = self.evaluate(
-                model, step=step, epoch=epoch, slow=slow, collective=collective
-            )
+            evaluation = self.evaluate(model, step=step, epoch=epoch, slow=slow)
             if timed:
                 evaluation = self._with_time_shares(evaluation, started)
             if mode is None:
                 same_step = self._last is not None and step == self._last_step
                 mode = "replace" if same_step else "new"
-            published = self._publish(evaluation, collective, mode)
+            published = self._publish(evaluation, mode)
         finally:
             self._clock.spent(started, slow)
         self._fingerprint = _fingerprint(self._adapter.model) if last else None
@@ -787,34 +668,8 @@ class ProbeMonitor:
             self._run_id = state["run_id"]
         if state.get("snapshot_dir"):
             self._resumed_folder = Path(state["snapshot_dir"])
-            self._images_due = False
+            self._publisher.images_due = False
         return None
-
-
-def default_folder(name: str, objects: Sequence[Any], root: str | Path) -> Path:
-    """The default snapshot folder of a run: ``<log_dir>/<name>`` of the first destination with
-    a per-run directory (TensorBoard, CSV, a ``SummaryWriter``), ``<root>/<name>/<run id>`` for
-    loggers identified by a run id (W&B, MLflow), else ``<root>/<name>/version_<n>``, the first
-    free ``n``."""
-    for item in objects:
-        log_dir = getattr(item, "log_dir", None)
-        if log_dir and _per_run(item):
-            return Path(log_dir) / name
-    for item in objects:
-        version = getattr(item, "version", None)
-        if isinstance(version, str) and version:
-            return Path(root) / name / version
-    base, number = Path(root) / name, 0
-    while (base / f"version_{number}").exists():
-        number += 1
-    return base / f"version_{number}"
-
-
-def _per_run(item: Any) -> bool:
-    """Whether ``item``'s ``log_dir`` is its own run's (versioned loggers, writers, sinks)."""
-    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
-
-    return not isinstance(item, (TensorBoardLogger, CSVLogger)) or item.version is not None
 
 
 def _completed(earlier: Evaluation, slow: Evaluation) -> Evaluation:
@@ -827,17 +682,6 @@ def _completed(earlier: Evaluation, slow: Evaluation) -> Evaluation:
         intervals={**earlier.intervals, **slow.intervals},
         curves={**earlier.curves, **slow.curves},
     )
-
-
-def _pixel_shares(probe: Probe) -> dict[str, float]:
-    """Each region's share of the pixels, over the probe images where it is not empty (those
-    whose attribution share has a value)."""
-    shares = {}
-    for region, masks in (probe.regions or {}).items():
-        share = masks.flatten(1).float().mean(1)
-        present = share > 0
-        shares[region] = float(share[present].mean()) if bool(present.any()) else 0.0
-    return shares
 
 
 def _fingerprint(model: nn.Module) -> torch.Tensor:

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,29 @@ class RunFolder:
                 f"cannot write the snapshot of step {evaluation.global_step} to {self.path}: "
                 f"{error.strerror or describe(error)}"
             ) from error
+
+
+def default_folder(name: str, objects: Sequence[Any], root: str | Path) -> Path:
+    """The default snapshot folder of a run: ``<log_dir>/<name>`` of the first destination with
+    a per-run directory (TensorBoard, CSV, a ``SummaryWriter``), ``<root>/<name>/<run id>`` for
+    loggers identified by a run id (W&B, MLflow), else ``<root>/<name>/version_<n>``, the first
+    free ``n``."""
+    for item in objects:
+        log_dir = getattr(item, "log_dir", None)
+        if log_dir and _per_run(item):
+            return Path(log_dir) / name
+    for item in objects:
+        version = getattr(item, "version", None)
+        if isinstance(version, str) and version:
+            return Path(root) / name / version
+    base, number = Path(root) / name, 0
+    while (base / f"version_{number}").exists():
+        number += 1
+    return base / f"version_{number}"
+
+
+def _per_run(item: Any) -> bool:
+    """Whether ``item``'s ``log_dir`` is its own run's (versioned loggers, writers, sinks)."""
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+    return not isinstance(item, (TensorBoardLogger, CSVLogger)) or item.version is not None

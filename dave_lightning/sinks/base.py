@@ -7,6 +7,10 @@ from matplotlib.figure import Figure
 
 from dave_lightning import viz
 
+#: A custom-scalars layout: chart title → tags, and margin chart title → (value, low, high) tags.
+Charts = dict[str, list[str]]
+Margins = dict[str, tuple[str, str, str]]
+
 
 class ImageSink:
     """Receives images and figures under a tag at a training step.
@@ -25,12 +29,7 @@ class ImageSink:
         """Log a matplotlib figure."""
         self.log_image(tag, viz.figure_to_tensor(figure), step)
 
-    def log_layout(
-        self,
-        category: str,
-        charts: dict[str, list[str]],
-        margins: dict[str, tuple[str, str, str]] | None = None,
-    ) -> None:
+    def log_layout(self, category: str, charts: Charts, margins: Margins) -> None:
         """Group scalar tags into charts (title → tags) and margin charts (title → value, lower
         and upper bound tags), where the destination supports it."""
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from dave_lightning.sinks.base import ImageSink
+from dave_lightning.sinks.base import Charts, ImageSink, Margins
 
 
 class TensorBoardSink(ImageSink):
@@ -32,16 +32,11 @@ class TensorBoardSink(ImageSink):
     ) -> None:
         self.writer.add_image(tag, image, global_step=step)
 
-    def log_layout(
-        self,
-        category: str,
-        charts: dict[str, list[str]],
-        margins: dict[str, tuple[str, str, str]] | None = None,
-    ) -> None:
+    def log_layout(self, category: str, charts: Charts, margins: Margins) -> None:
         """A custom-scalars layout (CUSTOM SCALARS tab): one multi-line chart per title, and
         one margin chart (the value with its interval as a band) per title of ``margins``."""
         layout = {title: ["Multiline", tags] for title, tags in charts.items()}
-        for title, tags in (margins or {}).items():
+        for title, tags in margins.items():
             layout[title] = ["Margin", list(tags)]
         self.writer.add_custom_scalars({category: layout})
 
