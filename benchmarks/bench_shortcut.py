@@ -106,11 +106,17 @@ def main() -> None:
         f"{'s':>5}",
     ]
     print(" | ".join(header))
+    raised = {"shortcut": 0, "control": 0}
     with tempfile.TemporaryDirectory() as out:
         for kind, seed, rate in runs:
             start = time.perf_counter()
             run = fit_demo(settings, seed=seed, shortcut_rate=rate, out=out, live=False)
             print(describe(kind, seed, run, time.perf_counter() - start), flush=True)
+            raised[kind] += run.alarm() is not None
+    print(
+        f"alarm raised in {raised['shortcut']} of {len(SHORTCUT_SEEDS)} shortcut runs and "
+        f"{raised['control']} of {len(CONTROL_SEEDS)} control runs"
+    )
     print(
         f"alarm: the lower bound of the corner share's {run.confidence:.0%} interval "
         f"({settings.num_probe} probe images) exceeds {run.alert_ratio:g} x the square's "
