@@ -169,7 +169,7 @@ class DAVEMonitor(FrontDoor, pl.Callback):
             resuming=trainer.ckpt_path is not None,
             start=False,
         )
-        self._check_watchers(trainer)
+        _check_watchers(trainer, self.monitor)
         if not any(isinstance(cb, _FitEnd) and cb.owner is self for cb in trainer.callbacks):
             trainer.callbacks.append(_FitEnd(self))  # runs after every other on_train_end
 
@@ -180,42 +180,6 @@ class DAVEMonitor(FrontDoor, pl.Callback):
                 f"{names.count(self.name)} DAVEMonitors log under the name {self.name!r}; give "
                 "each its own name (e.g. DAVEMonitor(..., name='dave_hard'))"
             )
-
-    def _check_watchers(self, trainer: pl.Trainer) -> None:
-        """Checkpoint and early-stopping callbacks on this monitor's keys: each key must be one
-        it logs, and exist when they first look; slow keys are only updated now and then."""
-        prefix = f"{self.name}/"
-        keys = self.monitor.metric_keys()
-        schedule = self.settings.schedule
-        for callback in trainer.callbacks:
-            watched = getattr(callback, "monitor", None)
-            if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not isinstance(
-                watched, str
-            ):
-                continue
-            if not watched.startswith(prefix):
-                continue
-            kind = type(callback).__name__
-            key = watched.removeprefix(prefix)
-            if key not in keys:
-                raise ValueError(_unknown_key_message(kind, watched, key, self.monitor))
-            late = not schedule.at_start and (
-                schedule.every_n_epochs != 1 or schedule.every_n_train_steps
-            )
-            if late:
-                raise ValueError(
-                    f"{kind}(monitor={watched!r}) looks at every epoch's end, but DAVEMonitor "
-                    f"{self.name!r} first evaluates later (at_start=False); pass at_start=True "
-                    "so that the monitor has a value from the start (between evaluations the "
-                    "callbacks see the last one)"
-                )
-            if self.monitor.is_slow(key) and schedule.slow_metrics_every > 1:
-                rank_zero_warn(
-                    f"{kind} monitors {watched}, which DAVEMonitor computes only at the first, "
-                    f"every {schedule.slow_metrics_every}-th and the last evaluation; in "
-                    "between it sees the last computed value. Pass slow_metrics_every=1 to "
-                    "compute it at every evaluation."
-                )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Claim the snapshot folder: after a resumed run's state is loaded."""
@@ -354,6 +318,43 @@ def _fit_ends_now(trainer: pl.Trainer, epoch_ends: bool) -> bool:
     return 0 < trainer.max_steps <= trainer.global_step or (
         epoch_ends and (trainer.should_stop or last_epoch)
     )
+
+
+def _check_watchers(trainer: pl.Trainer, monitor: ProbeMonitor) -> None:
+    """Checkpoint and early-stopping callbacks on the monitor's keys: each key must be one
+    it logs, and exist when they first look; slow keys are only updated now and then."""
+    prefix = f"{monitor.name}/"
+    keys = monitor.metric_keys()
+    schedule = monitor.settings.schedule
+    for callback in trainer.callbacks:
+        watched = getattr(callback, "monitor", None)
+        if not isinstance(callback, (ModelCheckpoint, EarlyStopping)) or not isinstance(
+            watched, str
+        ):
+            continue
+        if not watched.startswith(prefix):
+            continue
+        kind = type(callback).__name__
+        key = watched.removeprefix(prefix)
+        if key not in keys:
+            raise ValueError(_unknown_key_message(kind, watched, key, monitor))
+        late = not schedule.at_start and (
+            schedule.every_n_epochs != 1 or schedule.every_n_train_steps
+        )
+        if late:
+            raise ValueError(
+                f"{kind}(monitor={watched!r}) looks at every epoch's end, but DAVEMonitor "
+                f"{monitor.name!r} first evaluates later (at_start=False); pass at_start=True "
+                "so that the monitor has a value from the start (between evaluations the "
+                "callbacks see the last one)"
+            )
+        if monitor.is_slow(key) and schedule.slow_metrics_every > 1:
+            rank_zero_warn(
+                f"{kind} monitors {watched}, which DAVEMonitor computes only at the first, "
+                f"every {schedule.slow_metrics_every}-th and the last evaluation; in "
+                "between it sees the last computed value. Pass slow_metrics_every=1 to "
+                "compute it at every evaluation."
+            )
 
 
 def _unknown_key_message(kind: str, watched: str, key: str, monitor: ProbeMonitor) -> str:

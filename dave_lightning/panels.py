@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from dave_lightning import viz
-from dave_lightning.attribution.methods import CAPTUM_PREFIX
+from dave_lightning.attribution.captum_methods import CAPTUM_PREFIX
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.metrics.registry import curve_figure
 from dave_lightning.sinks import ImageSink

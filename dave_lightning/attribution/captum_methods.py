@@ -24,11 +24,12 @@ from dave_lightning.attribution.gradients import (
     check_inputs,
     chunks,
 )
-from dave_lightning.attribution.methods import CAPTUM_PREFIX
 from dave_lightning.attribution.postprocess import postprocess as postprocess_maps
 from dave_lightning.core.seeding import seeded_global_rng
 from dave_lightning.models import ModelAdapter
 
+#: The prefix of a Captum method's name: ``captum:<Class>``.
+CAPTUM_PREFIX = "captum:"
 #: ``attribute`` arguments the method sets itself (batching follows ``batch_size``).
 RESERVED = ("inputs", "target", "internal_batch_size", "nt_samples_batch_size")
 #: Captum classes that wrap another attribution method (``NoiseTunnel(Saliency)``).

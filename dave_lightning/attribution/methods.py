@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from dave_lightning.attribution.captum_methods import CAPTUM_PREFIX, captum_factory
 from dave_lightning.attribution.gradients import (
     auto_batch_size,
     channel_sum,
@@ -95,9 +96,6 @@ METHODS: dict[str, MethodFactory] = {
     "grad_rollout": lambda model, batch_size: GradRollout(model, batch_size=batch_size),
 }
 
-#: Names of the form ``captum:<Class>`` resolve to Captum's methods (docs/methods.md).
-CAPTUM_PREFIX = "captum:"
-
 
 def register_method(name: str, factory: MethodFactory, *, replace: bool = False) -> None:
     """Make ``name`` usable in ``compare_methods`` (``factory(model, batch_size)`` builds it).
@@ -129,8 +127,6 @@ def method_factory(name: str) -> MethodFactory:
     if name in METHODS:
         return METHODS[name]
     if name.startswith(CAPTUM_PREFIX):
-        from dave_lightning.attribution.captum_methods import captum_factory
-
         return captum_factory(name)
     raise ValueError(
         f"unknown compare_methods {name!r}; choose from {list(METHODS)} or "
