@@ -25,6 +25,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dave_lightning import DAVEMonitor
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.monitor import ProbeMonitor
+from dave_lightning.monitor.alarms import pixel_shares
+from dave_lightning.probe import Probe
 
 PATCH = 8
 PIXEL_SHARE = 2 * PATCH * PATCH / (32 * 32)  # of each region: 0.125
@@ -170,3 +172,13 @@ def test_the_alarm_needs_the_lower_bound_not_the_mean_above_the_ratio(tmp_path: 
     between = (low + share) / 2 / PIXEL_SHARE  # the mean is above the threshold, the bound not
     assert evaluate(between).alerts == {"corners": False, "bottom": False}
     assert evaluate(0.99 * low / PIXEL_SHARE).alerts == {"corners": True, "bottom": False}
+
+
+def test_a_regions_pixel_share_counts_only_the_images_it_is_in() -> None:
+    """A 4 × 4 square of an 8 × 8 image (1/4 of its pixels) in two of four probe images: the
+    threshold is set against 1/4, the share of the images whose attribution share has a value,
+    not against 1/8 (the mean over all four)."""
+    region = torch.zeros(4, 8, 8, dtype=torch.bool)
+    region[:2, :4, :4] = True
+    probe = Probe(torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), regions={"r": region})
+    assert pixel_shares(probe) == {"r": 0.25}
