@@ -3,14 +3,15 @@
 Runs the demo's shortcut fit (``SHORTCUT_RATE`` of the training and probe images carry the
 class-coloured corner marker) on 5 seeds and the control (``--shortcut-rate 0``: the same
 images without the marker, the same corner square tracked) on 3, in the demo's own
-configuration by default (``--epochs`` and ``--train-size`` shorten it). Prints per run: the step (epoch) of the first evaluation that
-raised the region alarm, or "never"; the corner square's attribution share at the end with its
-interval; EnergyPG untrained, at its peak and at the end, with intervals; the train − val
-accuracy gap at the end (val never carries the marker); how much the trained model reads the
-marker, measured without DAVE: its accuracy on 512 probe-split images drawn with the marker
-minus on the same images without it; and the ratio the alarm compares with ``alert_ratio``,
-the lower bound of the corner share over the square's share of the pixels, untrained and at its
-highest over the run (the alarm fires where it exceeds ``alert_ratio``).
+configuration by default (``--epochs`` and ``--train-size`` shorten it). Prints per run: the
+step (epoch) of the first evaluation that raised the region alarm, or "never"; the corner
+square's attribution share at the end with its interval; EnergyPG untrained, at its peak and at
+the end, with intervals; the train − val accuracy gap at the end (val never carries the
+marker); how much the trained model reads the marker, measured without DAVE: its accuracy on
+512 probe-split images drawn with the marker minus on the same images without it; and the ratio
+the alarm compares with ``alert_ratio``, the lower bound of the corner share over the square's
+share of the pixels, untrained and at its highest over the run (the alarm fires where it
+exceeds ``alert_ratio``).
 
     python benchmarks/bench_shortcut.py [--epochs 6] [--train-size 8192]
 """
