@@ -6,10 +6,12 @@ unchanged."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -80,8 +82,11 @@ def bf16_fits(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 CSVLogger(out / f"csv_{watched}", name="run", version=0),
             ],
         )
-        fits[watched] = (fit(fabric, watched), monitor)
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            fits[watched] = (fit(fabric, watched), monitor, printed.getvalue())
     return {
+        "printed": fits[True][2],
         "plain": fits[False][0],
         "watched": fits[True][0],
         "monitor": fits[True][1],
@@ -120,6 +125,16 @@ def test_a_csv_logger_holds_the_scalars_at_train_end_and_pngs_of_the_pictures(
     assert [int(row["step"]) for row in rows] == [0, 2, 4]
     assert [float(row["dave/energy_pg"]) for row in rows] == pytest.approx(recorded)
     assert (bf16_fits["csv"] / "images" / "step_00000004" / "dave_probe_0.png").is_file()
+
+
+def test_the_cost_of_an_evaluation_is_said_once(bf16_fits: dict) -> None:
+    """A Fabric loop does not declare its length: the line gives the passes per evaluation and
+    no share of the fit."""
+    lines = [
+        line for line in bf16_fits["printed"].splitlines() if line.startswith("DAVEMonitor 'dave'")
+    ]
+    assert len(lines) == 1
+    assert "image-passes" in lines[0] and "of the fit" not in lines[0]
 
 
 def test_snapshots_are_read_by_compare(bf16_fits: dict) -> None:

@@ -5,6 +5,8 @@ Trainer's data collator, and training left bitwise unchanged."""
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -83,9 +85,11 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict:
     callback = DAVETrainerCallback(
         RawImages(8, seed=1), num_probe=6, n_samples=2, deletion_steps=4, max_images=1
     )
-    with pytest.warns(UserWarning, match="energy_pg needs masks"):
+    printed = io.StringIO()
+    with pytest.warns(UserWarning, match="energy_pg needs masks"), redirect_stdout(printed):
         watched = train(out / "watched", callback)
     return {
+        "printed": printed.getvalue(),
         "out": out / "watched",
         "callback": callback,
         "watched": watched,
@@ -152,3 +156,16 @@ def test_training_is_bitwise_unchanged(fits: dict) -> None:
     plain = fits["plain"].model.state_dict()
     assert watched.keys() == plain.keys()
     assert all(torch.equal(watched[key], plain[key]) for key in watched)
+
+
+def test_the_cost_is_said_once_against_the_trainers_training(fits: dict) -> None:
+    """One setup line: 16 images in batches of 4 are 16 image-passes per epoch of 4 steps, and
+    max_steps=6 makes the fit (at_start, the first epoch's end, the last step)."""
+    lines = [
+        line
+        for line in fits["printed"].splitlines()
+        if line.startswith("DAVEMonitor 'dave': an evaluation runs")
+    ]
+    assert len(lines) == 1
+    assert "of an epoch of training" in lines[0]
+    assert "of the fit at this schedule (3 evaluations" in lines[0]
