@@ -50,7 +50,7 @@ class MonitorSettings:
     snapshot_dir: Path | None = None
     name: str = "dave"
     on_error: str = "warn"
-    alert_ratio: float = 2.0
+    alert_ratio: float = 1.0
     max_overhead: float | None = None
 
     def __post_init__(self) -> None:
