@@ -52,3 +52,4 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_reliability.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
 	$(BIN)/python benchmarks/bench_probe_size.py --checkpoint $$(ls $(BENCH_RUN)/shapes/version_0/checkpoints/*.ckpt)
 	$(BIN)/python benchmarks/bench_shortcut.py
+	$(BIN)/python benchmarks/bench_shortcut.py --first-seed 5
