@@ -48,12 +48,13 @@ class FabricMonitor(FrontDoor):
         self.monitor = ProbeMonitor(probe, settings=MonitorSettings.from_options(**options))
 
     def on_train_start(self, fabric: Fabric, model: nn.Module) -> None:
-        """Check the probe against the model and claim the snapshot folder (``snapshot_dir``,
-        else ``<first logger's log_dir>/<name>``, else ``./<name>/version_<n>``); with
-        ``at_start``, evaluate the untrained model at step 0."""
+        """Check the probe against the model, claim the snapshot folder (``snapshot_dir``,
+        else ``<first logger's log_dir>/<name>``, else ``./<name>/version_<n>``) and say what
+        an evaluation costs; with ``at_start``, evaluate the untrained model at step 0."""
         self.monitor.setup(
             _unwrapped(model), *fabric.loggers, root=Path.cwd(), collective=_collective(fabric)
         )
+        self.monitor.announce_cost()  # a Fabric loop does not declare how long it trains
         if self.settings.schedule.at_start:
             self.monitor.run(_unwrapped(model), step=0, epoch=0)
 

@@ -29,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dave_lightning.evaluation import Evaluation
 from dave_lightning.monitor import MonitorSettings, ProbeMonitor, default_collective
+from dave_lightning.monitor.cost import Training
 from dave_lightning.monitor.front_door import FrontDoor, check_probe_source
 
 # The arguments of every Trainer event: the Trainer's arguments, state and control.
@@ -80,7 +81,8 @@ class DAVETrainerCallback(FrontDoor, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Build and check the probe, claim ``<output_dir>/<name>`` (or ``snapshot_dir``),
-        open the destinations (rank 0) and, with ``at_start``, evaluate the untrained model."""
+        open the destinations (rank 0), say what the evaluations cost against the training and,
+        with ``at_start``, evaluate the untrained model."""
         destinations = []
         if state.is_world_process_zero:
             destinations = self._open_destinations(args)
@@ -95,6 +97,7 @@ class DAVETrainerCallback(FrontDoor, transformers.TrainerCallback):
             folder=Path(args.output_dir) / self.name,
             collective=default_collective(),
         )
+        self.monitor.announce_cost(_training(args, state, train_dataloader))
         if self.settings.schedule.at_start and not self.history:
             self._evaluate(state, control, model)
 
@@ -210,6 +213,23 @@ def tensorboard_dir(output_dir: str | Path, name: str) -> Path:
         return Path(shared).expanduser() / name
     stamp = datetime.now().strftime("%b%d_%H-%M-%S")
     return Path(output_dir) / "runs" / f"{stamp}_{socket.gethostname()}_{name}"
+
+
+def _training(args: Arguments, state: State, loader: DataLoader | None) -> Training | None:
+    """How much this process trains: the train loader's batches × the per-device batch size per
+    epoch, optimizer steps per epoch after gradient accumulation, the Trainer's ``max_steps``;
+    None when the loader has no length."""
+    try:
+        batches = len(loader)
+    except TypeError:  # no loader, or an iterable one
+        return None
+    if batches < 1:
+        return None
+    return Training(
+        images_per_epoch=batches * args.per_device_train_batch_size,
+        steps_per_epoch=math.ceil(batches / args.gradient_accumulation_steps),
+        max_steps=state.max_steps if state.max_steps > 0 else None,
+    )
 
 
 def _epoch(state: State) -> int:
