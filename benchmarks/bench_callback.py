@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _timing import TimedMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard import SummaryWriter
 
@@ -42,33 +43,6 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-class TimedMonitor(DAVEMonitor):
-    """DAVEMonitor that adds up the wall time spent in its own hooks (a direct, low-noise
-    measure of its cost, next to the fit-time difference that machine noise blurs)."""
-
-    seconds = 0.0
-
-    def _timed_hook(self, name: str, *args: object, **kwargs: object) -> None:
-        start = time.perf_counter()
-        getattr(super(), name)(*args, **kwargs)
-        self.seconds += time.perf_counter() - start
-
-    def setup(self, *args: object, **kwargs: object) -> None:
-        self._timed_hook("setup", *args, **kwargs)
-
-    def on_train_start(self, *args: object, **kwargs: object) -> None:
-        self._timed_hook("on_train_start", *args, **kwargs)
-
-    def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
-        self._timed_hook("on_train_batch_end", *args, **kwargs)
-
-    def on_train_epoch_end(self, *args: object, **kwargs: object) -> None:
-        self._timed_hook("on_train_epoch_end", *args, **kwargs)
-
-    def on_train_end(self, *args: object, **kwargs: object) -> None:
-        self._timed_hook("on_train_end", *args, **kwargs)
 
 
 def demo_model() -> ShapesClassifier:

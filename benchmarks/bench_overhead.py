@@ -28,9 +28,9 @@ import lightning.pytorch as pl
 import timm
 import torch
 import torch.nn.functional as F
+from _timing import TimedMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dave_lightning import DAVEMonitor
 from dave_lightning.data import ShapesDataModule
 from dave_lightning.demo import quiet_lightning
 from dave_lightning.monitor import ProbeMonitor
@@ -60,36 +60,6 @@ class ViTClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-4)
-
-
-class TimedMonitor(DAVEMonitor):
-    """DAVEMonitor that adds up the wall time spent in its own hooks: the monitor's cost,
-    measured directly (the fit-time difference also carries the machine's noise)."""
-
-    seconds = 0.0
-
-    def _timed(self, name: str, *args: object, **kwargs: object) -> None:
-        start = time.perf_counter()
-        getattr(super(), name)(*args, **kwargs)
-        self.seconds += time.perf_counter() - start
-
-    def setup(self, *args: object, **kwargs: object) -> None:
-        self._timed("setup", *args, **kwargs)
-
-    def on_train_start(self, *args: object, **kwargs: object) -> None:
-        self._timed("on_train_start", *args, **kwargs)
-
-    def on_train_batch_end(self, *args: object, **kwargs: object) -> None:
-        self._timed("on_train_batch_end", *args, **kwargs)
-
-    def on_train_epoch_end(self, *args: object, **kwargs: object) -> None:
-        self._timed("on_train_epoch_end", *args, **kwargs)
-
-    def on_train_end(self, *args: object, **kwargs: object) -> None:
-        self._timed("on_train_end", *args, **kwargs)
-
-    def _close(self, *args: object, **kwargs: object) -> None:
-        self._timed("_close", *args, **kwargs)
 
 
 def fit(

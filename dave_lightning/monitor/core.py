@@ -205,10 +205,7 @@ class ProbeMonitor:
             self._warn_once("left out", _left_out_message(self.name, plan.left_out))
         self._adapter, self._evaluator, self._plan = adapter, evaluator, plan
         self._collective = collective
-        self._passes = tuple(
-            evaluation_passes(evaluator, plan, adapter, slow=slow, world_size=collective.world_size)
-            for slow in (False, True)
-        )
+        self._passes = evaluation_passes(evaluator, plan, adapter, world_size=collective.world_size)
         self._pixel_shares = pixel_shares(self.probe)
         self._normalization = adapter.normalization(settings.mean, settings.std)
         images01 = viz.denormalize(encoding.picture(self.probe.images), *self._normalization)

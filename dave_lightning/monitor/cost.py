@@ -50,23 +50,18 @@ def method_passes(evaluator: ProbeEvaluator, adapter: ModelAdapter) -> dict[str,
 
 
 def evaluation_passes(
-    evaluator: ProbeEvaluator,
-    plan: MetricPlan,
-    adapter: ModelAdapter,
-    *,
-    slow: bool,
-    world_size: int = 1,
-) -> Passes:
+    evaluator: ProbeEvaluator, plan: MetricPlan, adapter: ModelAdapter, *, world_size: int = 1
+) -> tuple[Passes, Passes]:
     """The image-passes of one evaluation in each of ``world_size`` processes (each takes an
-    equal share of the probe and the grid items): the predictions, every method's maps and
-    the planned metrics' passes (the slow ones with ``slow``)."""
+    equal share of the probe and the grid items), without and with the slow metrics: the
+    predictions, every method's maps and the planned metrics' passes."""
     probe = math.ceil(len(evaluator.probe) / world_size)
     grid = 0 if evaluator.grid is None else math.ceil(len(evaluator.grid.targets) / world_size)
     blocks = adapter.family.blocks(adapter.root)
     per_image = method_passes(evaluator, adapter)
-    total = Passes(no_grad=probe)  # the predictions
+    fast = slow = Passes(no_grad=probe)  # the predictions
     for name, passes in per_image.items():
-        total += passes * probe
+        fast, slow = fast + passes * probe, slow + passes * probe
         context = CostContext(
             name,
             per_image,
@@ -76,9 +71,11 @@ def evaluation_passes(
             len(blocks) if blocks else None,
         )
         for spec in plan.specs:
-            if slow or not spec.slow:
-                total += spec.passes(context)
-    return total
+            metric = spec.passes(context)
+            slow += metric
+            if not spec.slow:
+                fast += metric
+    return fast, slow
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,6 @@ class Clock:
         self.monitor = 0.0  # seconds in evaluations so far
         self.last_end = self.started
         self.last_seconds: dict[bool, float] = {}  # the last evaluation's, by slow or not
-        self.evaluations = 0
         self.skipped = 0
 
     def training(self, now: float) -> float:
@@ -237,7 +233,6 @@ class Clock:
         self.monitor += now - started
         self.last_end = now
         self.last_seconds[slow] = now - started
-        self.evaluations += 1
 
     def predicted(self, slow: bool) -> float | None:
         """An evaluation's seconds, predicted from the last one of its kind (before the first
